@@ -1,0 +1,708 @@
+//! The log: single writer, many readers, group commit, retention, cursors.
+//!
+//! Durability: `append` writes a frame (pwrite) and returns its seq; the event is *appended*
+//! but not durable. `sync_through(seq)` returns once a sync covers `seq`. Group commit: the
+//! first waiter takes the sync lock, snapshots the highest appended seq and syncs the active
+//! segment once; everyone who appended before that snapshot is covered by that one sync, and
+//! waiters that queued behind the lock find their seq already durable and return at once.
+//! Rotation syncs the old segment before creating the next one, so a later segment always
+//! implies its predecessors are durable, and only the active segment ever holds unsynced bytes.
+//!
+//! Readers see only durable records (`seq <= durable_seq()`), so nothing non-durable can be
+//! forwarded. A failed sync or write poisons the writer (see [`Error::Poisoned`]).
+//!
+//! Retention: segments are kept as history until the disk budget needs room. Then the oldest
+//! segment is released if every cursor is past it; otherwise `on_full` decides: `DropOldest`
+//! removes it anyway and counts its unconsumed records in `dropped_events` (seqs are never
+//! reused), `Reject` refuses the append with [`Error::Full`].
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::cursor::{encode_slot, valid_cursor_name, Cursor, CURSOR_FILE_BYTES, CURSOR_SUFFIX};
+use crate::error::{Error, IoContext, Result};
+use crate::event::Event;
+use crate::limits::{
+    CURSORS_MAX, DISK_BYTES_MAX_DEFAULT, FRAME_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX_DEFAULT,
+    SECTOR_BYTES, SEGMENTS_IN_BUDGET_MIN, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX,
+    SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES,
+};
+use crate::medium::{FsMedium, Medium};
+use crate::record::{encode_frame, frame_bytes};
+use crate::recovery::{is_log_file, recover, Progress, RecoveryReport, SeqRange};
+use crate::segment::{read_frame, segment_name, FrameRead, Segment, SegmentHeader};
+
+/// Name of the writer's lock file inside the data directory.
+pub const LOCK_FILE_NAME: &str = "LOCK";
+
+/// What to do when the disk budget is full and the oldest segment is still needed by a cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFull {
+    /// Remove the oldest segment anyway; count its unconsumed events as dropped.
+    DropOldest,
+    /// Refuse new events with [`Error::Full`] until a cursor moves on.
+    Reject,
+}
+
+/// Options of [`Log::open`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogOptions {
+    /// Size of each preallocated segment file.
+    pub segment_bytes: u64,
+    /// Budget for all segment files together.
+    pub disk_bytes_max: u64,
+    pub on_full: OnFull,
+    /// Largest encoded event.
+    pub record_bytes_max: usize,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
+            disk_bytes_max: DISK_BYTES_MAX_DEFAULT,
+            on_full: OnFull::DropOldest,
+            record_bytes_max: RECORD_PAYLOAD_BYTES_MAX_DEFAULT,
+        }
+    }
+}
+
+impl LogOptions {
+    /// Checks the options against each other and the limits; the error names the option.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |option, reason: String| Err(Error::InvalidOption { option, reason });
+        if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes) {
+            return invalid(
+                "segment_size",
+                format!(
+                    "{} bytes is outside {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_MAX}",
+                    self.segment_bytes
+                ),
+            );
+        }
+        if self.segment_bytes % SECTOR_BYTES != 0 {
+            return invalid(
+                "segment_size",
+                format!("{} is not a multiple of {SECTOR_BYTES}", self.segment_bytes),
+            );
+        }
+        if self.disk_bytes_max < SEGMENTS_IN_BUDGET_MIN * self.segment_bytes {
+            return invalid(
+                "max_disk",
+                format!(
+                    "{} bytes holds fewer than {SEGMENTS_IN_BUDGET_MIN} segments of {}",
+                    self.disk_bytes_max, self.segment_bytes
+                ),
+            );
+        }
+        if self.record_bytes_max == 0
+            || SEGMENT_HEADER_BYTES + frame_bytes(self.record_bytes_max) > self.segment_bytes
+        {
+            return invalid(
+                "record_bytes_max",
+                format!(
+                    "{} does not fit a segment of {} bytes",
+                    self.record_bytes_max, self.segment_bytes
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A drop of unconsumed events by the `DropOldest` policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DropRecord {
+    /// Seqs removed before every cursor had passed them.
+    pub range: SeqRange,
+}
+
+/// A snapshot of the log's counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogStats {
+    pub appended_seq: u64,
+    pub durable_seq: u64,
+    /// Oldest seq still stored (`appended_seq + 1` when nothing is).
+    pub first_seq: u64,
+    pub segments: usize,
+    pub disk_bytes: u64,
+    pub dropped_events: u64,
+    pub poisoned: Option<String>,
+}
+
+#[derive(Debug)]
+struct Writer {
+    next_seq: u64,
+    /// Reused encode buffer, `record_bytes_max` long: no allocation per append.
+    payload: Vec<u8>,
+    frame: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    medium: Arc<dyn Medium>,
+    options: LogOptions,
+    read_only: bool,
+    segments: RwLock<Vec<Arc<Segment>>>,
+    writer: Mutex<Writer>,
+    sync_lock: Mutex<()>,
+    appended_seq: AtomicU64,
+    durable_seq: AtomicU64,
+    durable_changed: Condvar,
+    durable_mutex: Mutex<()>,
+    poisoned: Mutex<Option<String>>,
+    cursors: Mutex<BTreeMap<String, Cursor>>,
+    dropped_events: AtomicU64,
+    drops: Mutex<Vec<DropRecord>>,
+}
+
+/// The segment log. Cheap to clone: clones share one log.
+#[derive(Debug, Clone)]
+pub struct Log {
+    shared: Arc<Shared>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Log {
+    /// Opens (creating it if missing) the data directory `dir` for writing: takes the writer
+    /// lock, runs recovery, and returns the log with what recovery found.
+    pub fn open(dir: &Path, options: LogOptions) -> Result<(Log, RecoveryReport)> {
+        std::fs::create_dir_all(dir).context(|| format!("creating {}", dir.display()))?;
+        Log::open_with_medium(Arc::new(FsMedium::new(dir)), options)
+    }
+
+    /// Opens `dir` read-only: nothing on disk is changed, no lock is taken, and the report says
+    /// what recovery *would* do. Safe while a writer runs.
+    pub fn open_read_only(
+        dir: &Path,
+        options: LogOptions,
+        progress: Progress<'_>,
+    ) -> Result<(Log, RecoveryReport)> {
+        let medium = FsMedium::new(dir);
+        let names = medium
+            .list()
+            .map_err(|_| Error::NotADataDir(dir.to_path_buf()))?;
+        if !names.iter().any(|n| is_log_file(n)) {
+            return Err(Error::NotADataDir(dir.to_path_buf()));
+        }
+        Log::open_inner(Arc::new(medium), options, true, progress)
+    }
+
+    /// Opens any medium read-only (the simulated one in tests): the report says what recovery
+    /// would do; nothing is changed.
+    pub fn open_read_only_with_medium(
+        medium: Arc<dyn Medium>,
+        options: LogOptions,
+    ) -> Result<(Log, RecoveryReport)> {
+        Log::open_inner(medium, options, true, &mut |_, _| {})
+    }
+
+    /// Opens for writing over any medium (the simulated one in tests).
+    pub fn open_with_medium(
+        medium: Arc<dyn Medium>,
+        options: LogOptions,
+    ) -> Result<(Log, RecoveryReport)> {
+        Log::open_inner(medium, options, false, &mut |_, _| {})
+    }
+
+    fn open_inner(
+        medium: Arc<dyn Medium>,
+        options: LogOptions,
+        read_only: bool,
+        progress: Progress<'_>,
+    ) -> Result<(Log, RecoveryReport)> {
+        options.validate()?;
+        if !read_only
+            && !medium
+                .lock_exclusive()
+                .context(|| format!("locking {}", medium.location().display()))?
+        {
+            return Err(Error::Locked(medium.location()));
+        }
+        let recovered = recover(&*medium, &options, !read_only, progress)?;
+        let mut segments = recovered.segments;
+        let next_seq = recovered.next_seq;
+        let last_seq = next_seq - 1;
+        let needs_segment = segments.last().is_none_or(|s| s.last_seq() + 1 != next_seq);
+        if !read_only && needs_segment {
+            segments.push(Arc::new(create_segment(&*medium, &options, next_seq)?));
+        }
+        let durable = segments.last().map(|s| s.last_seq()).unwrap_or(last_seq);
+        let shared = Shared {
+            medium,
+            read_only,
+            segments: RwLock::new(segments),
+            writer: Mutex::new(Writer {
+                next_seq,
+                payload: vec![0; options.record_bytes_max],
+                frame: Vec::with_capacity(frame_bytes(options.record_bytes_max) as usize),
+            }),
+            options,
+            sync_lock: Mutex::new(()),
+            appended_seq: AtomicU64::new(durable),
+            durable_seq: AtomicU64::new(durable),
+            durable_changed: Condvar::new(),
+            durable_mutex: Mutex::new(()),
+            poisoned: Mutex::new(None),
+            cursors: Mutex::new(recovered.cursors),
+            dropped_events: AtomicU64::new(0),
+            drops: Mutex::new(Vec::new()),
+        };
+        Ok((
+            Log {
+                shared: Arc::new(shared),
+            },
+            recovered.report,
+        ))
+    }
+
+    /// Appends `event` (its `seq` is overwritten) and returns the seq it got. The event is not
+    /// durable until [`Log::sync_through`] covers it.
+    pub fn append(&self, mut event: Event) -> Result<u64> {
+        let shared = &*self.shared;
+        if shared.read_only {
+            return Err(Error::ReadOnly);
+        }
+        let mut writer = lock(&shared.writer);
+        self.check_poison()?;
+        let seq = writer.next_seq;
+        event.seq = seq;
+        let limit = shared.options.record_bytes_max;
+        let payload_bytes = match postcard::to_slice(&event, &mut writer.payload) {
+            Ok(encoded) => encoded.len(),
+            Err(postcard::Error::SerializeBufferFull) => {
+                let bytes = postcard::to_stdvec(&event).map(|v| v.len()).unwrap_or(0);
+                return Err(Error::RecordTooLarge { bytes, limit });
+            }
+            Err(e) => panic!("postcard cannot fail on an in-memory event: {e}"),
+        };
+        let frame_len = frame_bytes(payload_bytes);
+        let mut active = self.active_segment();
+        if active.end_offset() + frame_len > active.file.len() {
+            self.rotate(&mut writer)?;
+            active = self.active_segment();
+        }
+        let offset = active.end_offset();
+        assert!(offset + frame_len <= active.file.len());
+        let Writer { payload, frame, .. } = &mut *writer;
+        frame.clear();
+        encode_frame(seq, &payload[..payload_bytes], frame);
+        assert_eq!(frame.len() as u64, frame_len);
+        if let Err(e) = active.file.write_at(offset, frame) {
+            let message = format!("write to {} failed: {e}", active.name);
+            self.poison(message.clone());
+            return Err(Error::Poisoned(message));
+        }
+        active.note_frame(seq, offset, offset + frame_len);
+        shared.appended_seq.store(seq, Ordering::Release);
+        writer.next_seq = seq + 1;
+        Ok(seq)
+    }
+
+    /// Returns once every event up to `seq` is durable (group commit: one sync serves every
+    /// appender waiting at the time).
+    pub fn sync_through(&self, seq: u64) -> Result<()> {
+        let shared = &*self.shared;
+        if shared.durable_seq.load(Ordering::Acquire) >= seq {
+            return Ok(());
+        }
+        let _sync = lock(&shared.sync_lock);
+        if shared.durable_seq.load(Ordering::Acquire) >= seq {
+            return Ok(());
+        }
+        self.check_poison()?;
+        let (target, active) = {
+            let _writer = lock(&shared.writer);
+            (
+                shared.appended_seq.load(Ordering::Acquire),
+                self.active_segment(),
+            )
+        };
+        assert!(seq <= target, "sync_through({seq}) past appended {target}");
+        if let Err(e) = active.file.sync() {
+            let message = format!("fdatasync of {} failed: {e}", active.name);
+            self.poison(message.clone());
+            return Err(Error::Poisoned(message));
+        }
+        self.set_durable(target);
+        Ok(())
+    }
+
+    /// Makes everything appended so far durable; returns the durable seq.
+    pub fn sync(&self) -> Result<u64> {
+        let appended = self.appended_seq();
+        self.sync_through(appended)?;
+        Ok(self.durable_seq())
+    }
+
+    /// Highest seq appended (durable or not).
+    pub fn appended_seq(&self) -> u64 {
+        self.shared.appended_seq.load(Ordering::Acquire)
+    }
+
+    /// Highest seq known durable. Readers see nothing past it.
+    pub fn durable_seq(&self) -> u64 {
+        self.shared.durable_seq.load(Ordering::Acquire)
+    }
+
+    /// Waits until `durable_seq() >= seq` or `timeout` passes; returns whether it happened.
+    pub fn wait_durable(&self, seq: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut guard = lock(&self.shared.durable_mutex);
+        loop {
+            if self.durable_seq() >= seq {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            guard = self
+                .shared
+                .durable_changed
+                .wait_timeout(guard, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// A reader positioned at the first stored event with seq >= `from`.
+    pub fn reader(&self, from: u64) -> Reader {
+        Reader {
+            shared: self.shared.clone(),
+            next_seq: from.max(1),
+            position: None,
+        }
+    }
+
+    /// The value of cursor `name`, if it exists.
+    pub fn cursor(&self, name: &str) -> Option<u64> {
+        lock(&self.shared.cursors).get(name).map(|c| c.seq)
+    }
+
+    /// All cursors and their values.
+    pub fn cursors(&self) -> Vec<(String, u64)> {
+        lock(&self.shared.cursors)
+            .iter()
+            .map(|(name, c)| (name.clone(), c.seq))
+            .collect()
+    }
+
+    /// Durably moves (or creates) cursor `name` to `seq`. A failed sync poisons the log.
+    pub fn set_cursor(&self, name: &str, seq: u64) -> Result<()> {
+        let shared = &*self.shared;
+        if shared.read_only {
+            return Err(Error::ReadOnly);
+        }
+        if !valid_cursor_name(name) {
+            return Err(Error::InvalidCursorName(name.to_string()));
+        }
+        self.check_poison()?;
+        let appended_seq = self.appended_seq();
+        if seq > appended_seq {
+            return Err(Error::CursorAhead {
+                name: name.to_string(),
+                seq,
+                appended_seq,
+            });
+        }
+        let mut cursors = lock(&shared.cursors);
+        if let Some(cursor) = cursors.get_mut(name) {
+            if cursor.seq == seq {
+                return Ok(());
+            }
+            if let Err(e) = cursor.store(seq) {
+                let message = format!("cursor {name} update failed: {e}");
+                self.poison(message.clone());
+                return Err(Error::Poisoned(message));
+            }
+            return Ok(());
+        }
+        if cursors.len() >= CURSORS_MAX {
+            return Err(Error::InvalidCursorName(format!(
+                "{name}: at most {CURSORS_MAX} cursors"
+            )));
+        }
+        let file_name = format!("{name}{CURSOR_SUFFIX}");
+        // Both slots valid from the start (generations 0 and 1), so a fresh file reads clean.
+        let mut head = encode_slot(0, seq).to_vec();
+        head.extend_from_slice(&encode_slot(1, seq));
+        let file = shared
+            .medium
+            .create(&file_name, CURSOR_FILE_BYTES, &head)
+            .context(|| format!("creating {file_name}"))?;
+        cursors.insert(
+            name.to_string(),
+            Cursor {
+                file,
+                generation: 1,
+                seq,
+            },
+        );
+        Ok(())
+    }
+
+    /// Counters for status reports.
+    pub fn stats(&self) -> LogStats {
+        let segments = self
+            .shared
+            .segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let appended_seq = self.appended_seq();
+        LogStats {
+            appended_seq,
+            durable_seq: self.durable_seq(),
+            first_seq: segments
+                .iter()
+                .find(|s| s.record_count() > 0)
+                .map(|s| s.first_seq)
+                .unwrap_or(appended_seq + 1),
+            segments: segments.len(),
+            disk_bytes: segments.iter().map(|s| s.file.len()).sum(),
+            dropped_events: self.shared.dropped_events.load(Ordering::Relaxed),
+            poisoned: lock(&self.shared.poisoned).clone(),
+        }
+    }
+
+    /// Takes the drops made since the last call (for the daemon's `system` events).
+    pub fn take_drops(&self) -> Vec<DropRecord> {
+        std::mem::take(&mut *lock(&self.shared.drops))
+    }
+
+    /// The options the log was opened with.
+    pub fn options(&self) -> &LogOptions {
+        &self.shared.options
+    }
+
+    fn active_segment(&self) -> Arc<Segment> {
+        self.shared
+            .segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .last()
+            .cloned()
+            .expect("a writable log always has an active segment")
+    }
+
+    fn check_poison(&self) -> Result<()> {
+        match &*lock(&self.shared.poisoned) {
+            Some(message) => Err(Error::Poisoned(message.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn poison(&self, message: String) {
+        lock(&self.shared.poisoned).get_or_insert(message);
+    }
+
+    fn set_durable(&self, seq: u64) {
+        self.shared.durable_seq.fetch_max(seq, Ordering::AcqRel);
+        let _guard = lock(&self.shared.durable_mutex);
+        self.shared.durable_changed.notify_all();
+    }
+
+    /// Seals the active segment (sync) and starts the next one, making room first.
+    fn rotate(&self, writer: &mut Writer) -> Result<()> {
+        let shared = &*self.shared;
+        let active = self.active_segment();
+        if let Err(e) = active.file.sync() {
+            let message = format!("fdatasync of {} failed: {e}", active.name);
+            self.poison(message.clone());
+            return Err(Error::Poisoned(message));
+        }
+        self.set_durable(shared.appended_seq.load(Ordering::Acquire));
+        self.make_room()?;
+        let segment = create_segment(&*shared.medium, &shared.options, writer.next_seq)?;
+        shared
+            .segments
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::new(segment));
+        Ok(())
+    }
+
+    /// Releases or drops the oldest segments until one more fits the budget.
+    fn make_room(&self) -> Result<()> {
+        let shared = &*self.shared;
+        loop {
+            let oldest = {
+                let segments = shared.segments.read().unwrap_or_else(|e| e.into_inner());
+                let used: u64 = segments.iter().map(|s| s.file.len()).sum();
+                if used + shared.options.segment_bytes <= shared.options.disk_bytes_max
+                    || segments.len() < 2
+                {
+                    return Ok(());
+                }
+                segments[0].clone()
+            };
+            let floor = lock(&shared.cursors)
+                .values()
+                .map(|c| c.seq)
+                .min()
+                .unwrap_or(0);
+            let last = oldest.last_seq();
+            if last > floor {
+                match shared.options.on_full {
+                    OnFull::Reject => {
+                        return Err(Error::Full {
+                            disk_bytes_max: shared.options.disk_bytes_max,
+                            oldest_seq: oldest.first_seq,
+                        })
+                    }
+                    OnFull::DropOldest => {
+                        let from = floor.max(oldest.first_seq - 1) + 1;
+                        shared
+                            .dropped_events
+                            .fetch_add(last + 1 - from, Ordering::Relaxed);
+                        lock(&shared.drops).push(DropRecord {
+                            range: SeqRange { from, to: last },
+                        });
+                    }
+                }
+            }
+            shared
+                .medium
+                .remove(&oldest.name)
+                .context(|| format!("removing {}", oldest.name))?;
+            shared
+                .segments
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|s| !Arc::ptr_eq(s, &oldest));
+        }
+    }
+}
+
+fn create_segment(medium: &dyn Medium, options: &LogOptions, first_seq: u64) -> Result<Segment> {
+    let name = segment_name(first_seq);
+    let header = SegmentHeader {
+        first_seq,
+        segment_bytes: options.segment_bytes,
+        created_wall_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0),
+    };
+    let file = medium
+        .create(&name, options.segment_bytes, &header.encode())
+        .context(|| format!("creating segment {name}"))?;
+    Ok(Segment::new(name, first_seq, file))
+}
+
+/// Iterates durable events in seq order, verifying every CRC. Seqs that are not stored
+/// (dropped, lost to damage) are skipped; a record that fails its check is returned as an
+/// `Err` once and the reader moves on to the next segment.
+#[derive(Debug)]
+pub struct Reader {
+    shared: Arc<Shared>,
+    next_seq: u64,
+    position: Option<(Arc<Segment>, u64)>,
+}
+
+impl Reader {
+    /// The seq the next call looks for.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Locates `next_seq`: the segment holding it and the offset of its frame.
+    fn locate(&mut self) -> Option<(Arc<Segment>, u64)> {
+        loop {
+            if let Some((segment, offset)) = &self.position {
+                if segment.first_seq <= self.next_seq && self.next_seq <= segment.last_seq() {
+                    return Some((segment.clone(), *offset));
+                }
+            }
+            let segments = self
+                .shared
+                .segments
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            let index = segments.partition_point(|s| s.first_seq <= self.next_seq);
+            if index == 0 {
+                // Before the oldest stored segment: those seqs were released or dropped.
+                self.next_seq = segments.first()?.first_seq;
+                continue;
+            }
+            let segment = segments[index - 1].clone();
+            if self.next_seq > segment.last_seq() {
+                self.next_seq = segments.get(index)?.first_seq;
+                self.position = None;
+                continue;
+            }
+            drop(segments);
+            let (mut seq, mut offset) = segment.seek_point(self.next_seq);
+            let limit = self.shared.options.record_bytes_max;
+            while seq < self.next_seq {
+                match read_frame(&*segment.file, offset, seq, limit) {
+                    Ok(FrameRead::Frame { next_offset, .. }) => {
+                        offset = next_offset;
+                        seq += 1;
+                    }
+                    _ => {
+                        // Unreadable while skipping: fall through to the read, which reports.
+                        self.next_seq = seq;
+                        break;
+                    }
+                }
+            }
+            self.position = Some((segment.clone(), offset));
+            return Some((segment, offset));
+        }
+    }
+}
+
+impl Iterator for Reader {
+    type Item = Result<Event>;
+
+    fn next(&mut self) -> Option<Result<Event>> {
+        if self.next_seq > self.shared.durable_seq.load(Ordering::Acquire) {
+            return None;
+        }
+        let (segment, offset) = self.locate()?;
+        let seq = self.next_seq;
+        let corrupt = |reason: String| Error::Corrupt {
+            segment: segment.name.clone(),
+            offset,
+            expected_seq: seq,
+            reason,
+        };
+        let result = match read_frame(
+            &*segment.file,
+            offset,
+            seq,
+            self.shared.options.record_bytes_max,
+        ) {
+            Ok(FrameRead::Frame {
+                payload,
+                next_offset,
+            }) => match postcard::from_bytes::<Event>(&payload) {
+                Ok(event) if event.seq == seq => {
+                    assert!(payload.len() as u64 + FRAME_HEADER_BYTES <= next_offset - offset);
+                    self.position = Some((segment.clone(), next_offset));
+                    self.next_seq = seq + 1;
+                    return Some(Ok(event));
+                }
+                Ok(event) => corrupt(format!("payload seq {} in frame {seq}", event.seq)),
+                Err(e) => corrupt(format!("payload does not decode: {e}")),
+            },
+            Ok(FrameRead::End) => corrupt("unexpected end of data".into()),
+            Ok(FrameRead::Bad(reason)) => corrupt(reason),
+            Err(e) => Error::Io {
+                context: format!("reading {}", segment.name),
+                source: e,
+            },
+        };
+        // Skip the rest of this segment: its frames cannot be trusted past a bad one.
+        self.next_seq = segment.last_seq().max(seq) + 1;
+        self.position = None;
+        Some(Err(result))
+    }
+}
