@@ -130,6 +130,8 @@ pub struct LogStats {
     pub segments: usize,
     pub disk_bytes: u64,
     pub dropped_events: u64,
+    /// Syncs (fdatasync) issued for appends; fewer than appends when group commit works.
+    pub syncs: u64,
     pub poisoned: Option<String>,
 }
 
@@ -156,6 +158,7 @@ struct Shared {
     poisoned: Mutex<Option<String>>,
     cursors: Mutex<BTreeMap<String, Cursor>>,
     dropped_events: AtomicU64,
+    syncs: AtomicU64,
     drops: Mutex<Vec<DropRecord>>,
 }
 
@@ -252,6 +255,7 @@ impl Log {
             poisoned: Mutex::new(None),
             cursors: Mutex::new(recovered.cursors),
             dropped_events: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
             drops: Mutex::new(Vec::new()),
         };
         Ok((
@@ -325,6 +329,7 @@ impl Log {
             )
         };
         assert!(seq <= target, "sync_through({seq}) past appended {target}");
+        shared.syncs.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = active.file.sync() {
             let message = format!("fdatasync of {} failed: {e}", active.name);
             self.poison(message.clone());
@@ -467,6 +472,7 @@ impl Log {
             segments: segments.len(),
             disk_bytes: segments.iter().map(|s| s.file.len()).sum(),
             dropped_events: self.shared.dropped_events.load(Ordering::Relaxed),
+            syncs: self.shared.syncs.load(Ordering::Relaxed),
             poisoned: lock(&self.shared.poisoned).clone(),
         }
     }
