@@ -1,0 +1,176 @@
+//! `edgecap publish` and `edgecap status`: clients of the ingest socket.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Args;
+use serde_json::{json, Value as Json};
+
+use super::EXIT_UNREACHABLE;
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    #[arg(long)]
+    pub socket: PathBuf,
+    /// Source name (`[A-Za-z0-9_.:-]{1,64}`); required unless VALUE is `-`.
+    #[arg(long)]
+    pub source: Option<String>,
+    #[arg(long, value_parser = ["sensor", "command"])]
+    pub kind: Option<String>,
+    /// The value as JSON text, or `-` to read request lines from stdin.
+    pub value: String,
+}
+
+fn connect(socket: &Path) -> Result<UnixStream, ExitCode> {
+    UnixStream::connect(socket).map_err(|e| {
+        eprintln!(
+            "edgecap: cannot reach the daemon at {}: {e}",
+            socket.display()
+        );
+        ExitCode::from(EXIT_UNREACHABLE)
+    })
+}
+
+fn reply_ok(line: &str) -> bool {
+    serde_json::from_str::<Json>(line)
+        .ok()
+        .and_then(|v| v.get("ok").and_then(Json::as_bool))
+        .unwrap_or(false)
+}
+
+pub fn publish(args: PublishArgs) -> ExitCode {
+    if args.value == "-" {
+        return publish_stdin(&args.socket);
+    }
+    let Some(source) = args.source else {
+        eprintln!("edgecap: --source is required when VALUE is not `-`");
+        return ExitCode::FAILURE;
+    };
+    let value: Json = match serde_json::from_str(&args.value) {
+        Ok(value) => value,
+        Err(e) => {
+            eprintln!("edgecap: VALUE is not valid JSON ({e}); quote strings: '\"text\"'");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut request = json!({"source": source, "value": value});
+    if let Some(kind) = args.kind {
+        request["kind"] = Json::String(kind);
+    }
+    let stream = match connect(&args.socket) {
+        Ok(stream) => stream,
+        Err(code) => return code,
+    };
+    let mut writer = &stream;
+    if writer.write_all(format!("{request}\n").as_bytes()).is_err() {
+        eprintln!("edgecap: the daemon closed the connection");
+        return ExitCode::from(EXIT_UNREACHABLE);
+    }
+    let mut line = String::new();
+    match BufReader::new(&stream).read_line(&mut line) {
+        Ok(n) if n > 0 => {
+            let line = line.trim_end();
+            println!("{line}");
+            if reply_ok(line) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        _ => {
+            eprintln!("edgecap: no reply from the daemon");
+            ExitCode::from(EXIT_UNREACHABLE)
+        }
+    }
+}
+
+/// Pipelines stdin's lines: one thread writes requests while this one prints the replies.
+fn publish_stdin(socket: &Path) -> ExitCode {
+    let stream = match connect(socket) {
+        Ok(stream) => stream,
+        Err(code) => return code,
+    };
+    let write_half = match stream.try_clone() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("edgecap: {e}");
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
+    };
+    let sender = std::thread::spawn(move || -> std::io::Result<u64> {
+        let mut out = std::io::BufWriter::new(&write_half);
+        let mut sent = 0u64;
+        for line in std::io::stdin().lock().split(b'\n') {
+            let line = line?;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            out.write_all(&line)?;
+            out.write_all(b"\n")?;
+            sent += 1;
+        }
+        out.flush()?;
+        drop(out);
+        write_half.shutdown(std::net::Shutdown::Write)?;
+        Ok(sent)
+    });
+    let mut all_ok = true;
+    let mut received = 0u64;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for line in BufReader::new(&stream).lines() {
+        let Ok(line) = line else { break };
+        all_ok &= reply_ok(&line);
+        received += 1;
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = out.flush();
+    match sender.join() {
+        Ok(Ok(sent)) if sent == received => {}
+        Ok(Ok(sent)) => {
+            eprintln!("edgecap: sent {sent} requests but received {received} replies");
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
+        _ => {
+            eprintln!("edgecap: the daemon closed the connection");
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
+    }
+    if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+pub fn status(socket: &Path, as_json: bool) -> ExitCode {
+    let stream = match connect(socket) {
+        Ok(stream) => stream,
+        Err(code) => return code,
+    };
+    let mut writer = &stream;
+    let mut line = String::new();
+    let ok = writer.write_all(b"{\"op\":\"status\"}\n").is_ok()
+        && BufReader::new(&stream)
+            .read_line(&mut line)
+            .is_ok_and(|n| n > 0);
+    if !ok {
+        eprintln!("edgecap: no status reply from the daemon");
+        return ExitCode::from(EXIT_UNREACHABLE);
+    }
+    if as_json {
+        println!("{}", line.trim_end());
+        return ExitCode::SUCCESS;
+    }
+    match serde_json::from_str::<Json>(&line) {
+        Ok(Json::Object(map)) => {
+            for (key, value) in map {
+                println!("{key:<16} {value}");
+            }
+        }
+        _ => println!("{}", line.trim_end()),
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,123 @@
+//! Time on a device without a real-time clock.
+//!
+//! Every event carries the wall clock (Unix ms), the monotonic time since boot
+//! (`CLOCK_BOOTTIME`, which also counts suspend) and the boot identity
+//! (`/proc/sys/kernel/random/boot_id`), plus whether the kernel considered the wall clock
+//! synchronised (`adjtimex`: not `TIME_ERROR`) at capture. Together they let a reader order
+//! events within a boot and correct wall times captured before NTP stepped the clock.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// A capture stamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub wall_ms: i64,
+    pub mono_ms: u64,
+    pub clock_synced: bool,
+}
+
+/// Now.
+pub fn now() -> Stamp {
+    Stamp {
+        wall_ms: wall_ms(),
+        mono_ms: boottime_ms(),
+        clock_synced: clock_synced(),
+    }
+}
+
+/// Wall clock, Unix milliseconds.
+pub fn wall_ms() -> i64 {
+    match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_millis() as i64,
+        Err(e) => -(e.duration().as_millis() as i64),
+    }
+}
+
+/// `CLOCK_BOOTTIME` in milliseconds.
+pub fn boottime_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    assert_eq!(
+        rc, 0,
+        "CLOCK_BOOTTIME is available on every Linux we support"
+    );
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// Whether the kernel says the clock is synchronised (NTP discipline active).
+pub fn clock_synced() -> bool {
+    // SAFETY: adjtimex with modes = 0 only reads; the struct is ours and zeroed.
+    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+    let state = unsafe { libc::adjtimex(&mut tx) };
+    state >= 0 && state != libc::TIME_ERROR
+}
+
+/// The boot identity, 16 bytes (all zero when unavailable, e.g. outside Linux procfs); read
+/// once per process.
+pub fn boot_id() -> [u8; 16] {
+    static BOOT_ID: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
+    *BOOT_ID.get_or_init(read_boot_id)
+}
+
+fn read_boot_id() -> [u8; 16] {
+    let mut out = [0u8; 16];
+    if let Ok(text) = std::fs::read_to_string("/proc/sys/kernel/random/boot_id") {
+        let hex: Vec<u8> = text.bytes().filter(|b| b.is_ascii_hexdigit()).collect();
+        if hex.len() == 32 {
+            for (i, pair) in hex.chunks(2).enumerate() {
+                let s = std::str::from_utf8(pair).unwrap_or("00");
+                out[i] = u8::from_str_radix(s, 16).unwrap_or(0);
+            }
+        }
+    }
+    out
+}
+
+/// Boot id as 32 hex digits.
+pub fn boot_id_hex(id: &[u8; 16]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Unix ms → `2026-11-26T12:00:00.123Z`.
+pub fn format_rfc3339_ms(wall_ms: i64) -> String {
+    let nanos = i128::from(wall_ms) * 1_000_000;
+    match OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.millisecond()
+        ),
+        Err(_) => wall_ms.to_string(),
+    }
+}
+
+/// RFC 3339 text → Unix ms, or `None` when it does not parse.
+pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
+    let t = OffsetDateTime::parse(text, &Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_round_trip() {
+        let ms = parse_rfc3339_ms("2026-11-26T12:00:00.123Z").unwrap();
+        assert_eq!(format_rfc3339_ms(ms), "2026-11-26T12:00:00.123Z");
+        assert_eq!(parse_rfc3339_ms("2026-11-26T13:00:00.123+01:00"), Some(ms));
+        assert_eq!(parse_rfc3339_ms("yesterday"), None);
+    }
+}

@@ -1,0 +1,56 @@
+//! Every default and bound of the daemon, in one place (the storage crate has its own).
+//!
+//! Each constant says its value, why, and what it costs; relationships are checked at compile
+//! time below.
+
+/// Default `ingest.max_event_bytes`: 4096 bytes of JSON per request line (INTERFACE.md).
+pub const EVENT_BYTES_MAX_DEFAULT: usize = 4096;
+/// Hard ceiling for `ingest.max_event_bytes`: 60 KiB, so every accepted line encodes to less
+/// than the storage record limit (64 KiB) whatever its shape.
+pub const EVENT_BYTES_MAX_CEILING: usize = 60 * 1024;
+/// Default `ingest.max_clients`: 64 concurrent producer connections.
+pub const CLIENTS_MAX_DEFAULT: usize = 64;
+/// Hard ceiling for `ingest.max_clients`: 4096 (one task and two small buffers each).
+pub const CLIENTS_MAX_CEILING: usize = 4096;
+/// Requests one client may have in flight (read but not yet answered): 256. Bounds the
+/// per-client reply queue; a client that pipelines more simply waits (back-pressure).
+pub const CLIENT_PIPELINE_MAX: usize = 256;
+/// Capacity of the queue from all clients into the single writer thread: 4096 requests.
+/// A full queue back-pressures every client instead of growing memory.
+pub const WRITE_QUEUE_MAX: usize = 4096;
+/// Most requests the writer appends before one group-commit sync: 1024.
+pub const WRITE_BATCH_MAX: usize = 1024;
+/// Default `upstream.max_inflight`: 64 unacknowledged QoS 1 publishes.
+pub const INFLIGHT_MAX_DEFAULT: u16 = 64;
+/// Hard ceiling for `upstream.max_inflight`: 1024 (rumqttc's pkid space is 65535; brokers
+/// commonly cap receive-maximum far lower).
+pub const INFLIGHT_MAX_CEILING: u16 = 1024;
+/// How often the forward cursor is persisted while acks arrive: every 250 ms (and at
+/// shutdown). Each persist is one fdatasync of a 1 KiB file; per-ack syncs would wear an SD
+/// card for nothing, since delivery is at-least-once anyway.
+pub const CURSOR_PERSIST_INTERVAL_MS: u64 = 250;
+/// Largest MQTT packet we send or accept: 64 KiB (an event is at most 60 KiB of JSON plus
+/// the envelope).
+pub const MQTT_PACKET_BYTES_MAX: usize = 64 * 1024;
+/// Events read from the log per forwarding pass: 256.
+pub const FORWARD_READ_BATCH: usize = 256;
+/// Default retry/backoff and breaker settings (INTERFACE.md).
+pub const BACKOFF_MS_INITIAL_DEFAULT: u64 = 200;
+pub const BACKOFF_MS_MAX_DEFAULT: u64 = 30_000;
+pub const BREAKER_FAILURE_THRESHOLD_DEFAULT: u32 = 5;
+pub const BREAKER_OPEN_SECS_DEFAULT: u64 = 30;
+/// Default `storage.sync_interval_ms`: 50 ms of possible loss under `sync = "interval"`.
+pub const SYNC_INTERVAL_MS_DEFAULT: u64 = 50;
+/// Bounded buffer of live events per `log follow` subscriber: 1024. A subscriber that falls
+/// behind is switched to reading the log; it never slows ingestion.
+pub const FOLLOW_BUFFER_EVENTS: usize = 1024;
+
+const _: () = assert!(EVENT_BYTES_MAX_DEFAULT <= EVENT_BYTES_MAX_CEILING);
+const _: () = assert!(
+    EVENT_BYTES_MAX_CEILING + 4096 <= edgecap_storage::limits::RECORD_PAYLOAD_BYTES_MAX_DEFAULT
+);
+const _: () = assert!(CLIENTS_MAX_DEFAULT <= CLIENTS_MAX_CEILING);
+const _: () = assert!(INFLIGHT_MAX_DEFAULT <= INFLIGHT_MAX_CEILING);
+const _: () = assert!(WRITE_BATCH_MAX <= WRITE_QUEUE_MAX);
+const _: () = assert!(BACKOFF_MS_INITIAL_DEFAULT <= BACKOFF_MS_MAX_DEFAULT);
+const _: () = assert!(EVENT_BYTES_MAX_CEILING + 1024 <= MQTT_PACKET_BYTES_MAX);
