@@ -232,7 +232,8 @@ impl Log {
         let mut segments = recovered.segments;
         let next_seq = recovered.next_seq;
         let last_seq = next_seq - 1;
-        let needs_segment = segments.last().is_none_or(|s| s.last_seq() + 1 != next_seq);
+        let needs_segment = recovered.needs_new_segment
+            || segments.last().is_none_or(|s| s.last_seq() + 1 != next_seq);
         if !read_only && needs_segment {
             segments.push(Arc::new(create_segment(&*medium, &options, next_seq)?));
         }

@@ -25,7 +25,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::cursor::{read_cursor, valid_cursor_name, Cursor, CURSOR_SUFFIX};
+use crate::cursor::{
+    encode_slot, read_cursor, valid_cursor_name, Cursor, CURSOR_FILE_BYTES, CURSOR_SUFFIX,
+};
 use crate::error::{IoContext, Result};
 use crate::limits::{SEGMENT_HEADER_BYTES, ZERO_CHUNK_BYTES};
 use crate::log::LogOptions;
@@ -154,6 +156,9 @@ impl RecoveryReport {
 #[derive(Debug)]
 pub(crate) struct Recovered {
     pub segments: Vec<Arc<Segment>>,
+    /// Appends must not continue in the last good segment (its tail is damage, not a torn
+    /// tail, so it was not zeroed): start a new segment.
+    pub needs_new_segment: bool,
     pub cursors: BTreeMap<String, Cursor>,
     pub next_seq: u64,
     pub report: RecoveryReport,
@@ -180,6 +185,7 @@ pub(crate) fn recover(
     let mut segment_names: Vec<(u64, String)> = Vec::new();
     let mut cursor_names = Vec::new();
     let mut seq_floor = 0u64; // highest seq known to have been used
+    let mut quarantined_firsts: Vec<u64> = Vec::new();
     for name in names {
         if name.ends_with(".tmp") {
             if repair {
@@ -191,8 +197,17 @@ pub(crate) fn recover(
         } else if let Some(first_seq) = parse_segment_name(&name) {
             segment_names.push((first_seq, name));
         } else if let Some(digits) = name.strip_suffix(QUARANTINE_SUFFIX) {
+            // Set aside by an earlier open: still learn the highest seq it held, so a crash
+            // between quarantine and the next segment's creation can never reuse seqs.
             if let Ok(first_seq) = digits.parse::<u64>() {
                 seq_floor = seq_floor.max(first_seq.saturating_sub(1));
+                let file = medium
+                    .open(&name, false)
+                    .context(|| where_(&format!("opening {name}")))?;
+                let max_seq = max_frame_seq(&*file, options.record_bytes_max)
+                    .context(|| where_(&format!("scanning {name}")))?;
+                seq_floor = seq_floor.max(max_seq.unwrap_or(0));
+                quarantined_firsts.push(first_seq);
             }
         } else if let Some(cursor) = name.strip_suffix(CURSOR_SUFFIX) {
             cursor_names.push(cursor.to_string());
@@ -217,6 +232,8 @@ pub(crate) fn recover(
         dirty_end: Option<u64>,
     }
     let mut scanned: Vec<Scanned> = Vec::new();
+    // (index of the next good segment, index in report.quarantined) of each quarantine.
+    let mut quarantined_before: Vec<(usize, usize)> = Vec::new();
     let file_count = files.len();
     let mut last_file_quarantined = false;
     for (position, (first_seq, name, file)) in files.into_iter().enumerate() {
@@ -269,6 +286,8 @@ pub(crate) fn recover(
                     reason,
                     lost,
                 });
+                quarantined_firsts.push(first_seq);
+                quarantined_before.push((scanned.len(), report.quarantined.len() - 1));
                 last_file_quarantined = is_last_file;
                 continue;
             }
@@ -303,6 +322,24 @@ pub(crate) fn recover(
             dirty_end,
         });
     }
+
+    // A quarantined segment followed by a good one lost everything up to that one's start.
+    for &(next_good, index) in &quarantined_before {
+        if let Some(next) = scanned.get(next_good) {
+            let q = &mut report.quarantined[index];
+            let from = q
+                .segment
+                .strip_suffix(SEGMENT_SUFFIX)
+                .and_then(|d| d.parse::<u64>().ok())
+                .unwrap_or(next.segment.first_seq);
+            q.lost = (next.segment.first_seq > from).then_some(SeqRange {
+                from,
+                to: next.segment.first_seq - 1,
+            });
+        }
+    }
+    let covered_by_quarantine =
+        |from: u64, to: u64| quarantined_firsts.iter().any(|&q| q >= from && q <= to);
 
     // Pass 2: classify what follows each segment's valid data.
     let count = scanned.len();
@@ -359,7 +396,8 @@ pub(crate) fn recover(
                 });
                 s.segment.damage = Some(damage);
             } else if let Some(next_first) = next_first {
-                if next_first > last_seq + 1 {
+                if next_first > last_seq + 1 && !covered_by_quarantine(last_seq + 1, next_first - 1)
+                {
                     report.gaps.push(SeqRange {
                         from: last_seq + 1,
                         to: next_first - 1,
@@ -413,13 +451,14 @@ pub(crate) fn recover(
             seq,
         };
         if repair && problem.is_some() {
-            // Rewrite so both slots are valid again (the write goes to the non-current slot).
-            cursor
-                .store(seq)
+            // Recreate the whole file (atomically: temp + rename) with both slots valid; an
+            // in-place rewrite cannot mend a file that is too short.
+            let mut head = encode_slot(0, seq).to_vec();
+            head.extend_from_slice(&encode_slot(1, seq));
+            cursor.file = medium
+                .create(&file_name, CURSOR_FILE_BYTES, &head)
                 .context(|| where_(&format!("rewriting {file_name}")))?;
-            cursor
-                .store(seq)
-                .context(|| where_(&format!("rewriting {file_name}")))?;
+            cursor.generation = 1;
         }
         cursor_max = cursor_max.max(seq);
         report.cursors.push(CursorReport {
@@ -433,7 +472,10 @@ pub(crate) fn recover(
     let log_last = segments.last().map(|s| s.last_seq()).unwrap_or(0);
     let next_seq = seq_floor.max(cursor_max).max(log_last) + 1;
     if let Some(last) = segments.last() {
-        if next_seq > last.last_seq() + 1 && !report.gaps.iter().any(|g| g.to == next_seq - 1) {
+        if next_seq > last.last_seq() + 1
+            && !report.gaps.iter().any(|g| g.to == next_seq - 1)
+            && !covered_by_quarantine(last.last_seq() + 1, next_seq - 1)
+        {
             report.gaps.push(SeqRange {
                 from: last.last_seq() + 1,
                 to: next_seq - 1,
@@ -447,8 +489,11 @@ pub(crate) fn recover(
         .find(|s| s.record_count() > 0)
         .map(|s| s.first_seq);
     report.last_seq = (report.records > 0).then_some(log_last);
+    let needs_new_segment =
+        last_file_quarantined || segments.last().is_some_and(|s| s.damage.is_some());
     Ok(Recovered {
         segments,
+        needs_new_segment,
         cursors,
         next_seq,
         report,

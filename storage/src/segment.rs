@@ -187,8 +187,14 @@ pub(crate) fn count_valid_frames(
     while offset + FRAME_HEADER_BYTES <= to {
         file.read_at(offset, &mut header)?;
         let (payload_bytes, crc, seq) = decode_header(&header);
+        // `to` is the end of the last non-zero byte: a frame's zero padding may lie past it.
         let frame = frame_bytes(payload_bytes as usize);
-        if payload_bytes > 0 && payload_bytes as usize <= record_bytes_max && offset + frame <= to {
+        let unpadded_end = offset + FRAME_HEADER_BYTES + u64::from(payload_bytes);
+        if payload_bytes > 0
+            && payload_bytes as usize <= record_bytes_max
+            && unpadded_end <= to
+            && offset + frame <= file.len()
+        {
             let mut payload = vec![0u8; payload_bytes as usize];
             file.read_at(offset + FRAME_HEADER_BYTES, &mut payload)?;
             if frame_crc(payload_bytes, seq, &payload) == crc {
