@@ -8,6 +8,7 @@ mod support;
 
 use std::io::Write;
 use std::process::Stdio;
+use std::time::Duration;
 
 use serde_json::Value as Json;
 use support::*;
@@ -182,16 +183,30 @@ fn max_clients_is_enforced() {
     )
     .unwrap();
     daemon.restart();
-    let a = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
-    let b = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
-    // Both held: make sure the daemon accepted them (a request round-trip on each).
-    for s in [&a, &b] {
-        let mut w = s;
-        w.write_all(b"{\"op\":\"status\"}\n").unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(s), &mut line).unwrap();
-        assert!(line.contains("appended_seq"));
-    }
+    // Hold two connections, each proven accepted by a status round trip. (The probe that
+    // waited for the socket may hold a permit for an instant: retry until accepted.)
+    let hold = || {
+        let mut held = None;
+        wait_until("a connection accepted", Duration::from_secs(10), || {
+            let Ok(stream) = std::os::unix::net::UnixStream::connect(&daemon.socket) else {
+                return false;
+            };
+            let mut w = &stream;
+            if w.write_all(b"{\"op\":\"status\"}\n").is_err() {
+                return false;
+            }
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(&stream), &mut line);
+            let accepted = line.contains("appended_seq");
+            if accepted {
+                held = Some(stream);
+            }
+            accepted
+        });
+        held.unwrap()
+    };
+    let _a = hold();
+    let _b = hold();
     let third = request(&daemon.socket, &[event_line("x", 1)]);
     assert_eq!(third.len(), 1);
     assert_eq!(third[0]["ok"], false);

@@ -85,6 +85,69 @@ pub fn boot_id_hex(id: &[u8; 16]) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Clock steps seen in the log, to correct wall times captured before a step.
+///
+/// A step is stored as a `system` event `{"event":"clock_step","offset_ms":O}` with the boot
+/// id and monotonic time of the moment it was seen. Every event of the same boot with a
+/// smaller monotonic time was captured on the old clock: its corrected time is its wall time
+/// plus the offsets of all later steps of that boot. An event is *trusted* when it was captured
+/// with a synchronised clock or a later step corrected it.
+#[derive(Debug, Clone, Default)]
+pub struct Corrections {
+    steps: Vec<([u8; 16], u64, i64)>,
+}
+
+impl Corrections {
+    /// Records one step.
+    pub fn add(&mut self, boot_id: [u8; 16], mono_ms: u64, offset_ms: i64) {
+        self.steps.push((boot_id, mono_ms, offset_ms));
+    }
+
+    /// Records `event` if it is a clock step.
+    pub fn observe(&mut self, event: &edgecap_storage::Event) {
+        use edgecap_storage::{Kind, Value};
+        if event.kind != Kind::System {
+            return;
+        }
+        let Value::Object(members) = &event.value else {
+            return;
+        };
+        let is_step = members
+            .iter()
+            .any(|(k, v)| k == "event" && *v == Value::String("clock_step".into()));
+        if !is_step {
+            return;
+        }
+        let offset = members.iter().find_map(|(k, v)| match (k.as_str(), v) {
+            ("offset_ms", Value::Int(i)) => Some(*i),
+            ("offset_ms", Value::UInt(u)) => Some(*u as i64),
+            _ => None,
+        });
+        if let Some(offset) = offset {
+            self.add(event.boot_id, event.mono_ms, offset);
+        }
+    }
+
+    /// (corrected wall ms, trusted) of a capture.
+    pub fn correct(
+        &self,
+        boot_id: [u8; 16],
+        mono_ms: u64,
+        wall_ms: i64,
+        synced: bool,
+    ) -> (i64, bool) {
+        let mut corrected = wall_ms;
+        let mut stepped = false;
+        for &(boot, at, offset) in &self.steps {
+            if boot == boot_id && at > mono_ms {
+                corrected = corrected.saturating_add(offset);
+                stepped = true;
+            }
+        }
+        (corrected, synced || stepped)
+    }
+}
+
 /// Unix ms → `2026-11-26T12:00:00.123Z`.
 pub fn format_rfc3339_ms(wall_ms: i64) -> String {
     let nanos = i128::from(wall_ms) * 1_000_000;

@@ -173,8 +173,8 @@ pub struct StorageConfig {
 }
 
 impl StorageConfig {
-    /// Options for the storage crate.
-    pub fn log_options(&self) -> LogOptions {
+    /// Options for the storage crate; the record limit follows `max_event_bytes`.
+    pub fn log_options(&self, event_bytes_max: usize) -> LogOptions {
         LogOptions {
             segment_bytes: self.segment_size,
             disk_bytes_max: self.max_disk,
@@ -183,7 +183,7 @@ impl StorageConfig {
             } else {
                 OnFull::DropOldest
             },
-            ..LogOptions::default()
+            record_bytes_max: record_bytes_max(event_bytes_max),
         }
     }
 }
@@ -265,8 +265,8 @@ impl Config {
         let Some(storage) = raw.storage else {
             return invalid("storage.dir", "missing (required)");
         };
-        let storage = validate_storage(storage)?;
         let ingest = validate_ingest(raw.ingest)?;
+        let storage = validate_storage(storage, ingest.max_event_bytes)?;
         let upstream = match raw.upstream {
             Some(u) => Some(validate_upstream(u, &device_id)?),
             None => None,
@@ -323,7 +323,7 @@ impl Config {
     }
 }
 
-fn validate_storage(raw: RawStorage) -> Result<StorageConfig, ConfigError> {
+fn validate_storage(raw: RawStorage, event_bytes_max: usize) -> Result<StorageConfig, ConfigError> {
     let Some(dir) = raw.dir else {
         return invalid("storage.dir", "missing (required)");
     };
@@ -368,7 +368,7 @@ fn validate_storage(raw: RawStorage) -> Result<StorageConfig, ConfigError> {
         sync_interval_ms,
     };
     if let Err(edgecap_storage::Error::InvalidOption { option, reason }) =
-        storage.log_options().validate()
+        storage.log_options(event_bytes_max).validate()
     {
         let key = match option {
             "max_disk" => "storage.max_disk",

@@ -4,8 +4,8 @@
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -16,13 +16,16 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::forward::{Forwarder, FORWARD_CURSOR};
 use crate::ingest::{self, Ingest};
+use crate::limits::{CLOCK_CHECK_INTERVAL_MS, CLOCK_STEP_THRESHOLD_MS};
+use crate::project::State;
+use crate::snapshot::{self, SNAPSHOT_EVERY_EVENTS};
 use crate::status::Health;
 use crate::writer::{self, system_event};
 
 /// Runs the daemon until `shutdown` resolves. Errors are fatal (exit 1).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let dir = config.storage.dir.clone();
-    let options = config.storage.log_options();
+    let options = config.storage.log_options(config.ingest.max_event_bytes);
     let (log, report) = tokio::task::spawn_blocking(move || Log::open(&dir, options))
         .await?
         .with_context(|| format!("opening the log in {}", config.storage.dir.display()))?;
@@ -39,6 +42,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     );
     let listener = bind_socket(&config.ingest.socket, config.ingest.socket_mode_bits)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let state = Arc::new(Mutex::new(State::default()));
+    let projector = tokio::spawn(project(
+        log.clone(),
+        config.storage.dir.clone(),
+        durable_rx.clone(),
+        shutdown_rx.clone(),
+        state.clone(),
+    ));
+    let clock_watch = tokio::spawn(watch_clock(writer.clone(), shutdown_rx.clone()));
 
     let ingest_task = tokio::spawn(ingest::serve(
         listener,
@@ -47,6 +59,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             writer: writer.clone(),
             log: log.clone(),
             health: health.clone(),
+            durable: durable_rx.clone(),
+            state,
         },
         shutdown_rx.clone(),
     ));
@@ -60,6 +74,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             writer: writer.clone(),
             health: health.clone(),
             durable: durable_rx.clone(),
+            event_bytes_max: config.ingest.max_event_bytes,
         };
         tokio::spawn(forwarder.run(shutdown_rx.clone()))
     });
@@ -76,6 +91,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     tracing::info!("shutting down: stopping intake");
     let _ = shutdown_tx.send(true);
     let _ = ingest_task.await;
+    let _ = clock_watch.await;
+    let _ = projector.await;
     if let Some(task) = forward_task {
         match task.await {
             Ok(Err(e)) => tracing::error!(error = %e, "forwarder failed"),
@@ -86,7 +103,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     tokio::task::spawn_blocking(move || writer_thread.join()).await?;
     let durable = tokio::task::spawn_blocking({
         let log = log.clone();
-        move || log.sync()
+        move || -> anyhow::Result<u64> {
+            let stop = Value::Object(vec![("event".into(), Value::String("stop".into()))]);
+            log.append(system_event("edgecap", stop))?;
+            Ok(log.sync()?)
+        }
     })
     .await??;
     let _ = std::fs::remove_file(&config.ingest.socket);
@@ -94,11 +115,109 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     Ok(())
 }
 
+/// The daemon's incremental projection: starts from the newest snapshot, folds in every
+/// durable event, and writes a snapshot every `SNAPSHOT_EVERY_EVENTS` events.
+async fn project(
+    log: Log,
+    dir: PathBuf,
+    mut durable: watch::Receiver<u64>,
+    mut shutdown: watch::Receiver<bool>,
+    state: Arc<Mutex<State>>,
+) {
+    let start = {
+        let dir = dir.clone();
+        let target = log.durable_seq();
+        tokio::task::spawn_blocking(move || snapshot::load_newest(&dir, target))
+            .await
+            .ok()
+    };
+    if let Some((Some(snapshot), _)) = start {
+        *state.lock().unwrap_or_else(|e| e.into_inner()) = snapshot;
+    }
+    let mut last_snapshot = state.lock().unwrap_or_else(|e| e.into_inner()).seq;
+    loop {
+        let next = state.lock().unwrap_or_else(|e| e.into_inner()).seq + 1;
+        let mut batch = Vec::with_capacity(1024);
+        let mut reader = log.reader(next);
+        for item in reader.by_ref().take(1024) {
+            match item {
+                Ok(event) => batch.push(event),
+                Err(e) => tracing::warn!(error = %e, "projection skipped a corrupt record"),
+            }
+        }
+        let caught_up = batch.len() < 1024;
+        let snapshot_due = {
+            let mut current = state.lock().unwrap_or_else(|e| e.into_inner());
+            for event in &batch {
+                current.apply(event);
+            }
+            (current.seq / SNAPSHOT_EVERY_EVENTS > last_snapshot / SNAPSHOT_EVERY_EVENTS)
+                .then(|| current.clone())
+        };
+        if let Some(snapshot) = snapshot_due {
+            last_snapshot = snapshot.seq;
+            let dir = dir.clone();
+            let written =
+                tokio::task::spawn_blocking(move || snapshot::write(&dir, &snapshot)).await;
+            if let Ok(Err(e)) = written {
+                tracing::warn!(error = %e, "cannot write a projection snapshot");
+            }
+        }
+        if !caught_up {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        tokio::select! {
+            _ = crate::wait_true(&mut shutdown) => return,
+            changed = durable.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Watches for wall-clock steps (NTP sync after boot on a Pi without RTC): when the offset
+/// between the wall clock and the boot-time clock moves by more than
+/// `CLOCK_STEP_THRESHOLD_MS`, stores a `system` clock_step event with the offset, so earlier
+/// timestamps of this boot can be corrected.
+async fn watch_clock(writer: writer::WriterHandle, mut shutdown: watch::Receiver<bool>) {
+    let offset = || crate::clock::wall_ms() - crate::clock::boottime_ms() as i64;
+    let mut last = offset();
+    let mut tick = tokio::time::interval(Duration::from_millis(CLOCK_CHECK_INTERVAL_MS));
+    loop {
+        tokio::select! {
+            _ = crate::wait_true(&mut shutdown) => return,
+            _ = tick.tick() => {}
+        }
+        let now = offset();
+        let step = now - last;
+        if step.abs() > CLOCK_STEP_THRESHOLD_MS {
+            tracing::info!(offset_ms = step, "wall clock stepped");
+            let value = Value::Object(vec![
+                ("event".into(), Value::String("clock_step".into())),
+                ("offset_ms".into(), Value::Int(step)),
+                ("synced".into(), Value::Bool(crate::clock::clock_synced())),
+            ]);
+            if let Ok(Err(e)) = writer.append(system_event("edgecap", value)).await.await {
+                tracing::error!(error = %e, "cannot record the clock step");
+            }
+        }
+        last = now;
+    }
+}
+
 /// Stores the `system` events of a start: the start itself and what recovery found.
 fn record_start(log: &Log, report: &RecoveryReport, config: &Config) -> anyhow::Result<()> {
     for problem in report.problems() {
         tracing::warn!(%problem, "recovery");
     }
+    // A clean stop leaves a `stop` event last; anything else means the previous run was
+    // killed or lost power, which is recorded as a recovery even when no byte was cut.
+    let last = log.durable_seq();
+    let unclean = last > 0
+        && !log
+            .reader(last)
+            .next()
+            .and_then(|e| e.ok())
+            .is_some_and(|e| is_system(&e, "stop"));
     let boot = crate::clock::boot_id_hex(&crate::clock::boot_id());
     log.append(system_event(
         "edgecap",
@@ -112,7 +231,7 @@ fn record_start(log: &Log, report: &RecoveryReport, config: &Config) -> anyhow::
             ("device".into(), Value::String(config.device_id.clone())),
         ]),
     ))?;
-    if !report.is_clean() || !report.gaps.is_empty() {
+    if unclean || !report.is_clean() || !report.gaps.is_empty() {
         let cut = report.tail_cut.as_ref();
         let lost: Vec<Value> = report
             .damaged
@@ -125,6 +244,7 @@ fn record_start(log: &Log, report: &RecoveryReport, config: &Config) -> anyhow::
             "edgecap",
             Value::Object(vec![
                 ("event".into(), Value::String("recovery".into())),
+                ("unclean_shutdown".into(), Value::Bool(unclean)),
                 ("bytes_cut".into(), Value::UInt(cut.map_or(0, |c| c.bytes))),
                 (
                     "records_cut".into(),
@@ -140,6 +260,12 @@ fn record_start(log: &Log, report: &RecoveryReport, config: &Config) -> anyhow::
     }
     log.sync()?;
     Ok(())
+}
+
+/// Whether `event` is the daemon's own `system` event named `what`.
+fn is_system(event: &edgecap_storage::Event, what: &str) -> bool {
+    event.kind == edgecap_storage::Kind::System
+        && matches!(&event.value, Value::Object(m) if m.iter().any(|(k, v)| k == "event" && *v == Value::String(what.into())))
 }
 
 /// Binds the ingest socket: refuses if a live daemon answers there, removes a stale file.

@@ -53,6 +53,8 @@ pub struct Forwarder {
     pub writer: WriterHandle,
     pub health: Arc<Health>,
     pub durable: watch::Receiver<u64>,
+    /// Commands larger than this (`ingest.max_event_bytes`) are refused like oversized lines.
+    pub event_bytes_max: usize,
 }
 
 fn mqtt_options(upstream: &UpstreamConfig) -> anyhow::Result<MqttOptions> {
@@ -156,6 +158,7 @@ impl Forwarder {
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE_MAX);
         let commands = tokio::spawn(store_commands(
             commands_rx,
+            self.event_bytes_max,
             self.writer.clone(),
             self.durable.clone(),
             client.clone(),
@@ -333,6 +336,7 @@ async fn sleep_until_some(at: Option<Instant>) {
 /// Stores upstream commands one at a time and acknowledges each once durable.
 async fn store_commands(
     mut commands: mpsc::Receiver<Publish>,
+    event_bytes_max: usize,
     writer: WriterHandle,
     mut durable: watch::Receiver<u64>,
     client: AsyncClient,
@@ -340,6 +344,17 @@ async fn store_commands(
 ) {
     while let Some(publish) = commands.recv().await {
         let name = publish.topic.rsplit('/').next().unwrap_or_default();
+        if publish.payload.len() > event_bytes_max {
+            // Acknowledged and dropped: redelivery would only fail again.
+            tracing::warn!(topic = %publish.topic, bytes = publish.payload.len(), "command over ingest.max_event_bytes; ignored");
+            health.set_error(format!(
+                "command on {:?}: {} bytes, over ingest.max_event_bytes ({event_bytes_max})",
+                publish.topic,
+                publish.payload.len()
+            ));
+            let _ = client.try_ack(&publish);
+            continue;
+        }
         if !valid_source(name) {
             tracing::warn!(topic = %publish.topic, "command topic level is not a valid source; ignored");
             health.set_error(format!(

@@ -22,6 +22,7 @@ use crate::clock;
 use crate::config::IngestConfig;
 use crate::json::to_value;
 use crate::limits::CLIENT_PIPELINE_MAX;
+use crate::project::State;
 use crate::status::Health;
 use crate::writer::{AppendResult, WriterHandle};
 
@@ -30,6 +31,61 @@ use crate::writer::{AppendResult, WriterHandle};
 pub enum Request {
     Append(Event),
     Status,
+    /// The current projection (`project::State`) as JSON.
+    State,
+    /// Turn this connection into a catch-up subscription.
+    Follow(Follow),
+}
+
+/// A catch-up subscription: stored events from `from`, then live ones as they become durable.
+#[derive(Debug, Clone, Default)]
+pub struct Follow {
+    pub from: u64,
+    pub kind: Option<Kind>,
+    pub source: Option<String>,
+}
+
+fn parse_control(op: &Json, map: &serde_json::Map<String, Json>) -> Result<Request, String> {
+    match op.as_str() {
+        Some("status") if map.len() == 1 => Ok(Request::Status),
+        Some("state") if map.len() == 1 => Ok(Request::State),
+        Some("status") | Some("state") => {
+            Err("field `op`: this control request has no other fields".into())
+        }
+        Some("follow") => {
+            let mut follow = Follow {
+                from: 1,
+                ..Follow::default()
+            };
+            for (key, value) in map {
+                match key.as_str() {
+                    "op" => {}
+                    "from" => {
+                        follow.from = value
+                            .as_u64()
+                            .ok_or("field `from` must be a non-negative integer seq")?
+                    }
+                    "kind" => {
+                        follow.kind =
+                            Some(value.as_str().and_then(Kind::parse).ok_or(
+                                "field `kind` must be \"sensor\", \"command\" or \"system\"",
+                            )?)
+                    }
+                    "source" => match value.as_str() {
+                        Some(s) if valid_source(s) => follow.source = Some(s.to_string()),
+                        _ => {
+                            return Err(
+                                "field `source` must be 1-64 characters of [A-Za-z0-9_.:-]".into()
+                            )
+                        }
+                    },
+                    other => return Err(format!("unknown field `{other}` in a follow request")),
+                }
+            }
+            Ok(Request::Follow(follow))
+        }
+        _ => Err(format!("field `op`: unknown operation {op}")),
+    }
 }
 
 /// `[A-Za-z0-9_.:-]{1,64}`.
@@ -53,11 +109,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
         return Err("request must be a JSON object".into());
     };
     if let Some(op) = map.get("op") {
-        return match op.as_str() {
-            Some("status") if map.len() == 1 => Ok(Request::Status),
-            Some("status") => Err("field `op`: a control request has no other fields".into()),
-            _ => Err(format!("field `op`: unknown operation {op}")),
-        };
+        return parse_control(op, &map);
     }
     for key in map.keys() {
         if !matches!(key.as_str(), "source" | "kind" | "value" | "ts") {
@@ -180,6 +232,10 @@ pub struct Ingest {
     pub writer: WriterHandle,
     pub log: Log,
     pub health: Arc<Health>,
+    /// The writer's durable seq: what wakes followers.
+    pub durable: watch::Receiver<u64>,
+    /// The daemon's incremental projection.
+    pub state: Arc<std::sync::Mutex<State>>,
 }
 
 /// Accepts clients until `shutdown` turns true; then stops reading requests, lets answers to
@@ -203,11 +259,7 @@ pub async fn serve(listener: UnixListener, ingest: Ingest, mut shutdown: watch::
                     }
                     Err(_) => {
                         let max = ingest.config.max_clients;
-                        tokio::spawn(async move {
-                            let mut stream = stream;
-                            let line = error_line(&format!("too many clients (ingest.max_clients = {max})"));
-                            let _ = stream.write_all(format!("{line}\n").as_bytes()).await;
-                        });
+                        tokio::spawn(refuse(stream, max));
                     }
                 },
                 Err(e) => {
@@ -221,30 +273,72 @@ pub async fn serve(listener: UnixListener, ingest: Ingest, mut shutdown: watch::
     while clients.join_next().await.is_some() {}
 }
 
+/// Tells a client over `max_clients` why it is refused, then closes gently: the write side is
+/// shut down and a bounded amount of what it already sent is drained, so the peer reads the
+/// error line instead of a connection reset.
+async fn refuse(mut stream: UnixStream, max: usize) {
+    use tokio::io::AsyncReadExt;
+    let line = error_line(&format!("too many clients (ingest.max_clients = {max})"));
+    if stream
+        .write_all(format!("{line}\n").as_bytes())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let drain = async {
+        let mut total = 0usize;
+        while total < 64 * 1024 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+}
+
 async fn serve_client(stream: UnixStream, ingest: Ingest, shutdown: watch::Receiver<bool>) {
     let (read, write) = stream.into_split();
     let (pending_tx, pending_rx) = mpsc::channel(CLIENT_PIPELINE_MAX);
     let replier = tokio::spawn(reply_in_order(write, pending_rx));
-    read_requests(read, &ingest, pending_tx, shutdown).await;
-    let _ = replier.await;
+    let follow = read_requests(read, &ingest, pending_tx, shutdown.clone()).await;
+    // Answers to everything read before go out first, then the connection may turn into a
+    // subscription.
+    let Ok(Some(write)) = replier.await else {
+        return;
+    };
+    if let Some(follow) = follow {
+        crate::follow::serve(
+            write,
+            follow,
+            ingest.log.clone(),
+            ingest.durable.clone(),
+            shutdown,
+        )
+        .await;
+    }
 }
 
+/// Reads requests until EOF, shutdown, or a follow request (returned).
 async fn read_requests(
     read: OwnedReadHalf,
     ingest: &Ingest,
     pending: mpsc::Sender<Pending>,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> Option<Follow> {
     let max = ingest.config.max_event_bytes;
     let mut reader = BufReader::with_capacity(max.clamp(1024, 8192), read);
     let mut line = Vec::with_capacity(max);
     loop {
         let read = tokio::select! {
-            _ = crate::wait_true(&mut shutdown) => return,
+            _ = crate::wait_true(&mut shutdown) => return None,
             read = read_line_bounded(&mut reader, &mut line, max) => read,
         };
         let item = match read {
-            Err(_) | Ok(Line::Eof) => return,
+            Err(_) | Ok(Line::Eof) => return None,
             Ok(Line::TooLong(n)) => Pending::Ready(error_line(&format!(
                 "request line is {n} bytes, over ingest.max_event_bytes ({max}); nothing stored"
             ))),
@@ -253,16 +347,29 @@ async fn read_requests(
                 Ok(Request::Status) => {
                     Pending::Ready(ingest.health.to_json(&ingest.log).to_string())
                 }
+                Ok(Request::State) => Pending::Ready(
+                    ingest
+                        .state
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .to_json()
+                        .to_string(),
+                ),
+                Ok(Request::Follow(follow)) => return Some(follow),
                 Ok(Request::Append(event)) => Pending::Waiting(ingest.writer.append(event).await),
             },
         };
         if pending.send(item).await.is_err() {
-            return;
+            return None;
         }
     }
 }
 
-async fn reply_in_order(mut write: OwnedWriteHalf, mut pending: mpsc::Receiver<Pending>) {
+/// Writes answers in order; hands the write half back when the requests end.
+async fn reply_in_order(
+    mut write: OwnedWriteHalf,
+    mut pending: mpsc::Receiver<Pending>,
+) -> Option<OwnedWriteHalf> {
     let mut out = Vec::with_capacity(256);
     while let Some(item) = pending.recv().await {
         let line = match item {
@@ -277,9 +384,10 @@ async fn reply_in_order(mut write: OwnedWriteHalf, mut pending: mpsc::Receiver<P
         out.extend_from_slice(line.as_bytes());
         out.push(b'\n');
         if write.write_all(&out).await.is_err() {
-            return;
+            return None;
         }
     }
+    Some(write)
 }
 
 #[cfg(test)]

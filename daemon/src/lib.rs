@@ -7,11 +7,14 @@ pub mod config;
 pub mod daemon;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod follow;
 pub mod forward;
 pub mod ingest;
 pub mod json;
 pub mod limits;
+pub mod project;
 pub mod retry;
+pub mod snapshot;
 pub mod status;
 pub mod writer;
 

@@ -5,9 +5,16 @@
 
 /// Default `ingest.max_event_bytes`: 4096 bytes of JSON per request line (INTERFACE.md).
 pub const EVENT_BYTES_MAX_DEFAULT: usize = 4096;
-/// Hard ceiling for `ingest.max_event_bytes`: 60 KiB, so every accepted line encodes to less
-/// than the storage record limit (64 KiB) whatever its shape.
-pub const EVENT_BYTES_MAX_CEILING: usize = 60 * 1024;
+/// Hard ceiling for `ingest.max_event_bytes`: 20 KiB, so that even the worst-case encoding
+/// (see [`record_bytes_max`]) stays under the storage crate's 64 KiB record limit.
+pub const EVENT_BYTES_MAX_CEILING: usize = 20 * 1024;
+
+/// The storage record limit for a given `max_event_bytes`: 3 × the line + 1 KiB. postcard is
+/// at most 2.25 × the JSON text (a float `1.5,` is 4 bytes of JSON, 9 encoded), plus the fixed
+/// fields (seq, times, boot id, kind, source: under 1 KiB).
+pub const fn record_bytes_max(event_bytes_max: usize) -> usize {
+    3 * event_bytes_max + 1024
+}
 /// Default `ingest.max_clients`: 64 concurrent producer connections.
 pub const CLIENTS_MAX_DEFAULT: usize = 64;
 /// Hard ceiling for `ingest.max_clients`: 4096 (one task and two small buffers each).
@@ -41,13 +48,16 @@ pub const BREAKER_FAILURE_THRESHOLD_DEFAULT: u32 = 5;
 pub const BREAKER_OPEN_SECS_DEFAULT: u64 = 30;
 /// Default `storage.sync_interval_ms`: 50 ms of possible loss under `sync = "interval"`.
 pub const SYNC_INTERVAL_MS_DEFAULT: u64 = 50;
-/// Bounded buffer of live events per `log follow` subscriber: 1024. A subscriber that falls
-/// behind is switched to reading the log; it never slows ingestion.
-pub const FOLLOW_BUFFER_EVENTS: usize = 1024;
+
+/// How often the clock-step watcher compares the wall clock with `CLOCK_BOOTTIME`: 1 s.
+pub const CLOCK_CHECK_INTERVAL_MS: u64 = 1000;
+/// A wall-clock jump larger than this (beyond normal NTP slewing) is a step: 1 s.
+pub const CLOCK_STEP_THRESHOLD_MS: i64 = 1000;
 
 const _: () = assert!(EVENT_BYTES_MAX_DEFAULT <= EVENT_BYTES_MAX_CEILING);
 const _: () = assert!(
-    EVENT_BYTES_MAX_CEILING + 4096 <= edgecap_storage::limits::RECORD_PAYLOAD_BYTES_MAX_DEFAULT
+    record_bytes_max(EVENT_BYTES_MAX_CEILING)
+        <= edgecap_storage::limits::RECORD_PAYLOAD_BYTES_MAX_DEFAULT
 );
 const _: () = assert!(CLIENTS_MAX_DEFAULT <= CLIENTS_MAX_CEILING);
 const _: () = assert!(INFLIGHT_MAX_DEFAULT <= INFLIGHT_MAX_CEILING);

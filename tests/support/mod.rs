@@ -226,13 +226,22 @@ pub struct Daemon {
 impl Daemon {
     /// Writes a config (`extra` is appended: `[upstream]` etc.) and starts the daemon.
     pub fn start(root: &Path, extra: &str) -> Daemon {
+        Daemon::start_with_storage(
+            root,
+            "segment_size = \"1MiB\"\nmax_disk = \"256MiB\"\n",
+            extra,
+        )
+    }
+
+    /// Like [`Daemon::start`] with the given `[storage]` keys (besides `dir`).
+    pub fn start_with_storage(root: &Path, storage_keys: &str, extra: &str) -> Daemon {
         let dir = root.join("data");
         let socket = root.join("ingest.sock");
         let config = root.join("edgecap.toml");
         std::fs::write(
             &config,
             format!(
-                "device_id = \"dev1\"\n[storage]\ndir = \"{}\"\nsegment_size = \"1MiB\"\nmax_disk = \"256MiB\"\n[ingest]\nsocket = \"{}\"\n{extra}",
+                "device_id = \"dev1\"\n[storage]\ndir = \"{}\"\n{storage_keys}[ingest]\nsocket = \"{}\"\n{extra}",
                 dir.display(),
                 socket.display()
             ),

@@ -174,3 +174,41 @@ pub fn status(socket: &Path, as_json: bool) -> ExitCode {
     }
     ExitCode::SUCCESS
 }
+
+/// `edgecap log follow`: prints events as the daemon streams them, until EOF.
+pub fn follow(
+    socket: &Path,
+    from: Option<u64>,
+    kind: Option<String>,
+    source: Option<String>,
+) -> ExitCode {
+    let stream = match connect(socket) {
+        Ok(stream) => stream,
+        Err(code) => return code,
+    };
+    let mut request = json!({"op": "follow", "from": from.unwrap_or(1)});
+    if let Some(kind) = kind {
+        request["kind"] = Json::String(kind);
+    }
+    if let Some(source) = source {
+        request["source"] = Json::String(source);
+    }
+    let mut writer = &stream;
+    if writer.write_all(format!("{request}\n").as_bytes()).is_err() {
+        eprintln!("edgecap: the daemon closed the connection");
+        return ExitCode::from(EXIT_UNREACHABLE);
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for line in BufReader::new(&stream).lines() {
+        let Ok(line) = line else { break };
+        if line.starts_with("{\"ok\":false") {
+            eprintln!("edgecap: {line}");
+            return ExitCode::FAILURE;
+        }
+        if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+            break;
+        }
+    }
+    ExitCode::SUCCESS
+}

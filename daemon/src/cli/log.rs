@@ -23,6 +23,18 @@ pub enum LogCommand {
         #[arg(long)]
         to: Option<u64>,
     },
+    /// Catch-up subscription: stored events from SEQ, then live ones as they become durable.
+    /// Exit: 0 on EOF (daemon stopped), 3 unreachable.
+    Follow {
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(long)]
+        from: Option<u64>,
+        #[arg(long, value_parser = ["sensor", "command", "system"])]
+        kind: Option<String>,
+        #[arg(long)]
+        source: Option<String>,
+    },
     /// Offline integrity check of every segment and cursor; never modifies anything.
     /// Exit: 0 clean, 1 corruption found, 2 not a data dir.
     Verify {
@@ -37,6 +49,12 @@ pub fn main(command: LogCommand) -> ExitCode {
     match command {
         LogCommand::Dump { dir, from, to } => dump(&dir, from, to),
         LogCommand::Verify { dir, json } => verify(&dir, json),
+        LogCommand::Follow {
+            socket,
+            from,
+            kind,
+            source,
+        } => super::client::follow(&socket, from, kind, source),
     }
 }
 
@@ -50,7 +68,7 @@ fn read_options() -> LogOptions {
     }
 }
 
-fn open(dir: &Path, progress: bool) -> Result<(Log, RecoveryReport), ExitCode> {
+pub(super) fn open(dir: &Path, progress: bool) -> Result<(Log, RecoveryReport), ExitCode> {
     let bar = (progress && std::io::stderr().is_terminal()).then(|| {
         let bar = ProgressBar::new(0);
         bar.set_style(
@@ -102,13 +120,27 @@ fn dump(dir: &Path, from: Option<u64>, to: Option<u64>) -> ExitCode {
         eprintln!("edgecap: corruption: {problem}");
     }
     let to = to.unwrap_or(u64::MAX);
+    // Clock steps correct the events captured before them: collect them first.
+    let corrections = super::state::corrections(&log);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     for item in log.reader(from.unwrap_or(1)) {
         match item {
             Ok(event) if event.seq > to => break,
             Ok(event) => {
-                if writeln!(out, "{}", event_json(&event, None)).is_err() {
+                let mut json = event_json(&event, None);
+                let (wall, trusted) = corrections.correct(
+                    event.boot_id,
+                    event.mono_ms,
+                    event.wall_ms,
+                    event.clock_synced,
+                );
+                if wall != event.wall_ms {
+                    json["ts_captured"] = json["ts"].take();
+                    json["ts"] = crate::clock::format_rfc3339_ms(wall).into();
+                }
+                json["ts_trusted"] = trusted.into();
+                if writeln!(out, "{json}").is_err() {
                     return ExitCode::SUCCESS; // stdout closed (e.g. `| head`)
                 }
             }

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 pub mod client;
 pub mod log;
+pub mod state;
 
 /// edgecap: durable event capture and MQTT forwarding for Pi-class devices.
 #[derive(Debug, Parser)]
@@ -39,7 +40,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Read-only tools over a data directory.
+    /// The event-sourced state rebuilt from the log. Exit: 0; 1 corruption.
+    State {
+        #[arg(long)]
+        dir: PathBuf,
+        /// State as it was after event N.
+        #[arg(long, conflicts_with = "at")]
+        at_seq: Option<u64>,
+        /// State after the last event captured at or before this RFC 3339 time.
+        #[arg(long)]
+        at: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read-only tools over a data directory, and the live follow subscription.
     Log {
         #[command(subcommand)]
         command: log::LogCommand,
@@ -91,6 +105,12 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Publish(args) => client::publish(args),
         Command::Status { socket, json } => client::status(&socket, json),
         Command::Log { command } => log::main(command),
+        Command::State {
+            dir,
+            at_seq,
+            at,
+            json,
+        } => state::main(&dir, at_seq, at, json),
         #[cfg(feature = "demo")]
         Command::Demo(args) => crate::demo::main(args),
     }
