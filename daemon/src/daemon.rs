@@ -11,12 +11,13 @@ use std::time::Duration;
 use anyhow::Context;
 use edgecap_storage::{Log, RecoveryReport, Value};
 use tokio::net::UnixListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::forward::{Forwarder, FORWARD_CURSOR};
 use crate::ingest::{self, Ingest};
 use crate::limits::{CLOCK_CHECK_INTERVAL_MS, CLOCK_STEP_THRESHOLD_MS};
+use crate::notify;
 use crate::project::State;
 use crate::snapshot::{self, SNAPSHOT_EVERY_EVENTS};
 use crate::status::Health;
@@ -64,6 +65,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         },
         shutdown_rx.clone(),
     ));
+    let (ping_tx, ping_rx) = mpsc::channel(1);
     let forward_task = config.upstream.clone().map(|upstream| {
         let forwarder = Forwarder {
             upstream,
@@ -75,10 +77,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             health: health.clone(),
             durable: durable_rx.clone(),
             event_bytes_max: config.ingest.max_event_bytes,
+            pings: ping_rx,
         };
         tokio::spawn(forwarder.run(shutdown_rx.clone()))
     });
+    let supervisor = tokio::spawn(notify::supervise(
+        log.clone(),
+        health.clone(),
+        writer.clone(),
+        forward_task.is_some().then_some(ping_tx),
+        shutdown_rx.clone(),
+    ));
     drop(writer);
+    notify::ready(&format!("capturing; next seq {}", log.appended_seq() + 1));
     tracing::info!(
         socket = %config.ingest.socket.display(),
         dir = %config.storage.dir.display(),
@@ -89,7 +100,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     shutdown.await;
     tracing::info!("shutting down: stopping intake");
+    notify::stopping();
     let _ = shutdown_tx.send(true);
+    let _ = supervisor.await;
     let _ = ingest_task.await;
     let _ = clock_watch.await;
     let _ = projector.await;

@@ -55,6 +55,8 @@ pub struct Forwarder {
     pub durable: watch::Receiver<u64>,
     /// Commands larger than this (`ingest.max_event_bytes`) are refused like oversized lines.
     pub event_bytes_max: usize,
+    /// Proof-of-life pings from the systemd supervisor, answered from the main loop.
+    pub pings: mpsc::Receiver<crate::notify::Ping>,
 }
 
 fn mqtt_options(upstream: &UpstreamConfig) -> anyhow::Result<MqttOptions> {
@@ -186,6 +188,7 @@ impl Forwarder {
             tokio::time::interval(Duration::from_millis(CURSOR_PERSIST_INTERVAL_MS));
         persist_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tracing::info!(host = %self.upstream.host, port = self.upstream.port, from_seq = cursor + 1, "forwarder starting");
+        let fault = crate::fault::Wedge::from_env("forwarder");
 
         loop {
             if connected {
@@ -268,6 +271,10 @@ impl Forwarder {
                     }
                 }
                 _ = self.durable.changed() => {}
+                Some(ping) = self.pings.recv() => {
+                    fault.maybe_block_async().await;
+                    let _ = ping.send(());
+                }
                 _ = persist_tick.tick() => self.persist(&mut window),
             }
         }

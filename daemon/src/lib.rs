@@ -7,11 +7,13 @@ pub mod config;
 pub mod daemon;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod fault;
 pub mod follow;
 pub mod forward;
 pub mod ingest;
 pub mod json;
 pub mod limits;
+pub mod notify;
 pub mod project;
 pub mod retry;
 pub mod snapshot;

@@ -25,17 +25,21 @@ use crate::limits::{WRITE_BATCH_MAX, WRITE_QUEUE_MAX};
 /// Result of one append request: the seq, or an error message for the producer.
 pub type AppendResult = Result<u64, String>;
 
-/// One event to store and where to send the answer.
+/// One event to store and where to send the answer; or a proof-of-life ping.
 #[derive(Debug)]
-pub struct AppendRequest {
-    pub event: Event,
-    pub reply: oneshot::Sender<AppendResult>,
+pub enum WriteRequest {
+    Append {
+        event: Event,
+        reply: oneshot::Sender<AppendResult>,
+    },
+    /// Answered when the writer thread reaches it (the watchdog's proof of life).
+    Ping(oneshot::Sender<()>),
 }
 
 /// Cheap handle to the writer queue.
 #[derive(Debug, Clone)]
 pub struct WriterHandle {
-    tx: mpsc::Sender<AppendRequest>,
+    tx: mpsc::Sender<WriteRequest>,
 }
 
 impl WriterHandle {
@@ -43,11 +47,23 @@ impl WriterHandle {
     /// (back-pressure) while the queue is full.
     pub async fn append(&self, event: Event) -> oneshot::Receiver<AppendResult> {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(AppendRequest { event, reply }).await.is_err() {
+        if self
+            .tx
+            .send(WriteRequest::Append { event, reply })
+            .await
+            .is_err()
+        {
             let (reply, rx) = oneshot::channel();
             let _ = reply.send(Err("daemon is shutting down".into()));
             return rx;
         }
+        rx
+    }
+
+    /// Queues a ping; the receiver resolves once the writer thread has reached it.
+    pub async fn ping(&self) -> oneshot::Receiver<()> {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.tx.send(WriteRequest::Ping(reply)).await;
         rx
     }
 }
@@ -111,17 +127,25 @@ pub fn spawn(
 fn run(
     log: Log,
     policy: SyncPolicy,
-    mut rx: mpsc::Receiver<AppendRequest>,
+    mut rx: mpsc::Receiver<WriteRequest>,
     durable_tx: watch::Sender<u64>,
 ) {
     let mut batch: Vec<(AppendResult, oneshot::Sender<AppendResult>)> =
         Vec::with_capacity(WRITE_BATCH_MAX);
+    let mut pings = Vec::new();
+    let fault = crate::fault::Wedge::from_env("writer");
     while let Some(first) = rx.blocking_recv() {
+        fault.maybe_block();
         batch.clear();
         let mut next = Some(first);
         while let Some(request) = next.take() {
-            let result = log.append(request.event).map_err(|e| e.to_string());
-            batch.push((result, request.reply));
+            match request {
+                WriteRequest::Append { event, reply } => {
+                    let result = log.append(event).map_err(|e| e.to_string());
+                    batch.push((result, reply));
+                }
+                WriteRequest::Ping(reply) => pings.push(reply),
+            }
             if batch.len() < WRITE_BATCH_MAX {
                 next = rx.try_recv().ok();
             }
@@ -144,6 +168,9 @@ fn run(
         }
         for (result, reply) in batch.drain(..) {
             let _ = reply.send(result);
+        }
+        for ping in pings.drain(..) {
+            let _ = ping.send(());
         }
     }
     // Every sender is gone: make everything appended durable before stopping.

@@ -220,6 +220,8 @@ pub struct Daemon {
     pub dir: PathBuf,
     pub socket: PathBuf,
     pub config: PathBuf,
+    /// Extra environment for the daemon process.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -251,8 +253,21 @@ impl Daemon {
             dir,
             socket,
             config,
+            env: Vec::new(),
             child: None,
         };
+        daemon.restart();
+        daemon
+    }
+
+    /// A daemon started with extra environment variables.
+    pub fn start_with_env(root: &Path, extra: &str, env: &[(&str, &str)]) -> Daemon {
+        let mut daemon = Daemon::start(root, extra);
+        daemon.terminate();
+        daemon.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         daemon.restart();
         daemon
     }
@@ -269,6 +284,7 @@ impl Daemon {
             .arg("--config")
             .arg(&self.config)
             .env("EDGECAP_LOG", "debug")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -121,7 +121,7 @@ fn dump(dir: &Path, from: Option<u64>, to: Option<u64>) -> ExitCode {
     }
     let to = to.unwrap_or(u64::MAX);
     // Clock steps correct the events captured before them: collect them first.
-    let corrections = super::state::corrections(&log);
+    let corrections = super::state::corrections(&log, dir);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     for item in log.reader(from.unwrap_or(1)) {

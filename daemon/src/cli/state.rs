@@ -23,13 +23,12 @@ pub enum Until {
     Time(i64),
 }
 
-/// Every clock step in the log (steps correct the events captured before them).
-pub fn corrections(log: &Log) -> Corrections {
-    let mut corrections = Corrections::default();
-    for event in log.reader(1).flatten() {
-        corrections.observe(&event);
-    }
-    corrections
+/// The clock steps of the whole log (steps correct the events captured *before* them), taken
+/// from the latest state: the newest snapshot plus the tail, not a scan of the whole log. The
+/// projection keeps the most recent `project::HISTORY_MAX` steps.
+pub fn corrections(log: &Log, dir: &Path) -> Corrections {
+    let (latest, _) = rebuild(log, dir, Until::Latest, &Corrections::default(), false);
+    latest.corrections()
 }
 
 /// Replays `log` up to `until`; returns the state and the problems met (corruption).
@@ -120,8 +119,16 @@ pub fn main(dir: &Path, at_seq: Option<u64>, at: Option<String>, json: bool) -> 
         Err(code) => return code,
     };
     let mut corrupt = !report.damaged.is_empty() || !report.quarantined.is_empty();
-    let corrections = corrections(&log);
-    let (state, problems) = rebuild(&log, dir, until, &corrections, true);
+    let (latest, mut problems) = rebuild(&log, dir, Until::Latest, &Corrections::default(), true);
+    let corrections = latest.corrections();
+    let state = if matches!(until, Until::Latest) {
+        latest
+    } else {
+        problems.clear();
+        let (state, found) = rebuild(&log, dir, until, &corrections, true);
+        problems = found;
+        state
+    };
     for problem in &problems {
         eprintln!("edgecap: corruption: {problem}");
     }

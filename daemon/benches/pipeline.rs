@@ -1,0 +1,268 @@
+//! End-to-end benchmark against a real mosquitto (a bench binary, not a timed test).
+//!
+//! Prints, for `sync = "always"` and `sync = "interval"`: the rate at which events sent by 4
+//! pipelining producers through the Unix socket are acknowledged, and the end-to-end rate
+//! until a QoS 1 subscriber has received every one. Then the time a 100,000-event backlog
+//! (captured while the broker was absent) takes to drain once the broker appears. The
+//! baseline, measured in the same run: one rumqttc QoS 1 publisher straight to the same
+//! mosquitto with 64 in flight (what the forwarder's `max_inflight` allows).
+//!
+//! Needs `mosquitto` (the README's test command installs it). Run:
+//! `cargo bench -p edgecap --bench pipeline`. `EDGECAP_BENCH_EVENTS` sets N (default 50,000).
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use edgecap::config::Config;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A mosquitto child; with `persistent`, sessions survive a SIGTERM restart.
+fn mosquitto(dir: &Path, port: u16, persistent: bool) -> Child {
+    let conf = dir.join(format!("mosquitto-{port}.conf"));
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence {persistent}\npersistence_location {}/\nlog_dest file {}/mosquitto.log\nuser root\nmax_queued_messages 0\n", dir.display(), dir.display()),
+    )
+    .unwrap();
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto installed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "mosquitto did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
+/// A subscriber counting distinct seqs; returns (seen set, ready).
+async fn subscriber(port: u16, filter: String, persistent: bool) -> Arc<Mutex<HashSet<u64>>> {
+    let seen = Arc::new(Mutex::new(HashSet::new()));
+    static NEXT_ID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    // Unique per subscriber: two clients with one id would keep kicking each other off.
+    let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut options = MqttOptions::new(format!("bench-sub-{port}-{id}"), "127.0.0.1", port);
+    options.set_clean_session(!persistent);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(options, 100);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let sink = seen.clone();
+    tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client.subscribe(filter.clone(), QoS::AtLeastOnce).await;
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if let Ok(json) = serde_json::from_slice::<serde_json::Value>(&p.payload) {
+                        if json["source"]
+                            .as_str()
+                            .is_some_and(|s| s.starts_with("bench"))
+                        {
+                            sink.lock().unwrap().insert(json["seq"].as_u64().unwrap());
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    ready_rx.await.unwrap();
+    seen
+}
+
+fn config(dir: &Path, socket: &Path, port: u16, sync: &str) -> Config {
+    Config::parse(&format!(
+        "device_id = \"bench\"\n[storage]\ndir = \"{}\"\nsegment_size = \"16MiB\"\nmax_disk = \"1GiB\"\nsync = \"{sync}\"\n[ingest]\nsocket = \"{}\"\n[upstream]\nhost = \"127.0.0.1\"\nport = {port}\nmax_inflight = 64\n[retry]\ninitial_backoff_ms = 50\nmax_backoff_ms = 200\n[breaker]\nfailure_threshold = 5\nopen_secs = 1\n",
+        dir.display(),
+        socket.display()
+    ))
+    .unwrap()
+}
+
+/// Sends `n` events from 4 pipelining producers; returns when all are acknowledged.
+fn produce(socket: &Path, n: usize) {
+    let threads: Vec<_> = (0..4)
+        .map(|p| {
+            let socket = socket.to_path_buf();
+            std::thread::spawn(move || {
+                let stream = UnixStream::connect(&socket).unwrap();
+                let mut writer = stream.try_clone().unwrap();
+                let count = n / 4;
+                let sender = std::thread::spawn(move || {
+                    let mut out = std::io::BufWriter::new(&mut writer);
+                    for i in 0..count {
+                        writeln!(out, "{{\"source\":\"bench{p}\",\"value\":{{\"i\":{i},\"v\":21.5,\"pad\":\"pppppppppppppppppppppppppppppppp\"}}}}").unwrap();
+                    }
+                    out.flush().unwrap();
+                });
+                let mut lines = BufReader::new(stream).lines();
+                for _ in 0..count {
+                    let line = lines.next().unwrap().unwrap();
+                    assert!(line.contains("\"ok\":true"), "{line}");
+                }
+                sender.join().unwrap();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+async fn wait_for(seen: &Arc<Mutex<HashSet<u64>>>, n: usize, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while seen.lock().unwrap().len() < n {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
+async fn baseline(port: u16, n: usize) -> f64 {
+    let mut options = MqttOptions::new("bench-baseline", "127.0.0.1", port);
+    options.set_inflight(64);
+    let (client, mut eventloop) = AsyncClient::new(options, 128);
+    let payload = vec![b'x'; 128];
+    let start = Instant::now();
+    let publisher = tokio::spawn(async move {
+        for _ in 0..n {
+            client
+                .publish("bench/baseline", QoS::AtLeastOnce, false, payload.clone())
+                .await
+                .unwrap();
+        }
+        client
+    });
+    let mut acks = 0;
+    while acks < n {
+        if let Ok(Event::Incoming(Packet::PubAck(_))) = eventloop.poll().await {
+            acks += 1;
+        }
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    drop(publisher.await);
+    rate
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let n: usize = std::env::var("EDGECAP_BENCH_EVENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50_000);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data/pipeline");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let port = free_port();
+        let mut broker = mosquitto(&root, port, false);
+        let base = baseline(port, n).await;
+        println!("pipeline: {n} events, mosquitto on loopback");
+        println!("  baseline: rumqttc QoS 1 publisher, 64 in flight, 128 B: {base:.0} msg/s");
+        for sync in ["always", "interval"] {
+            let dir = root.join(sync);
+            let socket = root.join(format!("{sync}.sock"));
+            let seen = subscriber(port, "edgecap/bench/events/#".into(), false).await;
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let daemon = tokio::spawn(edgecap::daemon::run(config(&dir, &socket, port, sync), async {
+                let _ = stop_rx.await;
+            }));
+            while UnixStream::connect(&socket).is_err() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let start = Instant::now();
+            let producer = tokio::task::spawn_blocking({
+                let socket = socket.clone();
+                move || produce(&socket, n)
+            });
+            producer.await.unwrap();
+            let acked = start.elapsed().as_secs_f64();
+            assert!(wait_for(&seen, n, Duration::from_secs(120)).await, "not everything arrived");
+            let delivered = start.elapsed().as_secs_f64();
+            println!(
+                "  sync = {sync:<8}: acked {:>8.0} events/s; end to end {:>8.0} events/s (ratio to baseline {:.2})",
+                n as f64 / acked,
+                n as f64 / delivered,
+                n as f64 / delivered / base
+            );
+            let _ = stop_tx.send(());
+            daemon.await.unwrap().unwrap();
+        }
+        let _ = broker.kill();
+        let _ = broker.wait();
+
+        // Backlog: captured with no broker, drained when it appears. The subscriber's
+        // persistent session is made first (broker up, subscribe, SIGTERM) so that the restarted
+        // broker queues everything for it, whoever reconnects first.
+        let backlog = 100_000;
+        let port = free_port();
+        let mut broker = mosquitto(&root, port, true);
+        let seen = subscriber(port, "edgecap/bench/events/#".into(), true).await;
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(broker.id() as i32, libc::SIGTERM) };
+        broker.wait().unwrap();
+        let dir = root.join("backlog");
+        let socket = root.join("backlog.sock");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let daemon = tokio::spawn(edgecap::daemon::run(config(&dir, &socket, port, "always"), async {
+            let _ = stop_rx.await;
+        }));
+        while UnixStream::connect(&socket).is_err() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::task::spawn_blocking({
+            let socket = socket.clone();
+            move || produce(&socket, backlog)
+        })
+        .await
+        .unwrap();
+        let start = Instant::now();
+        let mut broker = mosquitto(&root, port, true);
+        assert!(wait_for(&seen, backlog, Duration::from_secs(300)).await, "backlog did not drain");
+        let drain = start.elapsed().as_secs_f64();
+        println!(
+            "  backlog of {backlog} events drained in {drain:.2} s after the broker appeared ({:.0} events/s, reconnect delay included)",
+            backlog as f64 / drain
+        );
+        let _ = stop_tx.send(());
+        daemon.await.unwrap().unwrap();
+        let _ = broker.kill();
+        let _ = broker.wait();
+    });
+    let _ = std::fs::remove_dir_all(&root);
+}
