@@ -45,7 +45,8 @@ grep -Eq '^ *Tag_CPU_arch: v7$' <(readelf -A "$(bin_of "$ARMV7")") \
   || { echo "FAIL: the armv7 binary is not ARMv7 code" >&2; exit 1; }
 
 # The arm1176 model must reject ARMv7 code, or running the ARMv6 binary on it proves nothing.
-if qemu-arm -cpu arm1176 -L /usr/arm-linux-gnueabihf "$(bin_of "$ARMV7")" --version >/dev/null 2>&1; then
+# (In a subshell, so that the shell's "Illegal instruction" notice goes to /dev/null too.)
+if (qemu-arm -cpu arm1176 -L /usr/arm-linux-gnueabihf "$(bin_of "$ARMV7")" --version; exit $?) >/dev/null 2>&1; then
   echo "FAIL: qemu-arm -cpu arm1176 ran ARMv7 code; the ARMv6 check would prove nothing" >&2
   exit 1
 fi
