@@ -130,6 +130,14 @@ fn field_u64(value: &Value, name: &str) -> u64 {
     }
 }
 
+/// The entry for `key`, created if there is room for one more key (at most `KEYS_MAX`).
+fn bounded_entry<'a, T: Default>(map: &'a mut BTreeMap<String, T>, key: &str) -> Option<&'a mut T> {
+    if !map.contains_key(key) && map.len() >= KEYS_MAX {
+        return None;
+    }
+    Some(map.entry(key.to_string()).or_default())
+}
+
 fn push_bounded<T>(list: &mut VecDeque<T>, item: T) {
     if list.len() == HISTORY_MAX {
         list.pop_front();
@@ -145,12 +153,10 @@ impl State {
         self.events += 1;
         match event.kind {
             Kind::Sensor => {
-                let key = event.source.as_str();
-                if !self.sources.contains_key(key) && self.sources.len() >= KEYS_MAX {
+                let Some(s) = bounded_entry(&mut self.sources, &event.source) else {
                     self.untracked_events += 1;
                     return;
-                }
-                let s = self.sources.entry(key.to_string()).or_default();
+                };
                 s.last_value = Some(event.value.clone());
                 s.last_seq = event.seq;
                 s.last_wall_ms = event.wall_ms;
@@ -166,12 +172,10 @@ impl State {
                 }
             }
             Kind::Command => {
-                let key = event.source.as_str();
-                if !self.commands.contains_key(key) && self.commands.len() >= KEYS_MAX {
+                let Some(c) = bounded_entry(&mut self.commands, &event.source) else {
                     self.untracked_events += 1;
                     return;
-                }
-                let c = self.commands.entry(key.to_string()).or_default();
+                };
                 c.last_value = Some(event.value.clone());
                 c.last_seq = event.seq;
                 c.last_wall_ms = event.wall_ms;
