@@ -123,9 +123,20 @@ fn mosquitto_path() -> PathBuf {
     "mosquitto".into()
 }
 
+/// One PUBLISH as the subscriber received it.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub topic: String,
+    pub payload: Json,
+    /// The broker's DUP flag: set when the *broker* retransmits a message it had already sent
+    /// to this subscriber (e.g. after its own restart). A resend by the daemon arrives at the
+    /// broker as a new PUBLISH and reaches us with `dup == false`.
+    pub dup: bool,
+}
+
 /// A QoS 1 subscriber with a persistent session (clean_session = false) on its own thread.
 pub struct Subscriber {
-    messages: Arc<Mutex<Vec<(String, Json)>>>,
+    messages: Arc<Mutex<Vec<Delivery>>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -168,7 +179,11 @@ impl Subscriber {
                             let json = serde_json::from_slice(&p.payload).unwrap_or(Json::String(
                                 String::from_utf8_lossy(&p.payload).into(),
                             ));
-                            sink.lock().unwrap().push((p.topic.clone(), json));
+                            sink.lock().unwrap().push(Delivery {
+                                topic: p.topic.clone(),
+                                payload: json,
+                                dup: p.dup,
+                            });
                         }
                         Ok(_) => {}
                         Err(_) => {
@@ -190,16 +205,34 @@ impl Subscriber {
     }
 
     pub fn messages(&self) -> Vec<(String, Json)> {
+        self.deliveries()
+            .into_iter()
+            .map(|d| (d.topic, d.payload))
+            .collect()
+    }
+
+    pub fn deliveries(&self) -> Vec<Delivery> {
         self.messages.lock().unwrap().clone()
     }
 
     /// Seqs received from event payloads, in arrival order.
     pub fn seqs(&self) -> Vec<u64> {
+        self.seqs_where(|_| true)
+    }
+
+    /// Seqs of deliveries the broker did not mark as its own retransmission: every repeat
+    /// among these is a PUBLISH the daemon sent more than once.
+    pub fn first_delivery_seqs(&self) -> Vec<u64> {
+        self.seqs_where(|d| !d.dup)
+    }
+
+    fn seqs_where(&self, keep: impl Fn(&Delivery) -> bool) -> Vec<u64> {
         self.messages
             .lock()
             .unwrap()
             .iter()
-            .filter_map(|(_, j)| j.get("seq").and_then(Json::as_u64))
+            .filter(|d| keep(d))
+            .filter_map(|d| d.payload.get("seq").and_then(Json::as_u64))
             .collect()
     }
 }
