@@ -20,6 +20,8 @@ cd "$(dirname "$0")/.."
 
 need_gnu_cross
 need_armv6_tools
+# The cross-architecture smoke forwards over TLS to a local broker (openssl makes its PKI).
+apt_need mosquitto openssl
 
 echo "== cargo build --release (host, $AARCH64, $ARMV7)"
 # One cargo invocation for three targets: cargo's job queue overlaps one target's long
@@ -63,12 +65,44 @@ done
 # offsets, usize) must see exactly what the 64-bit writer wrote, and the reverse.
 work=$(mktemp -d)
 daemon_pid=
+broker_pid=
 cleanup() {
   if [ -n "$daemon_pid" ]; then kill -KILL "$daemon_pid" 2>/dev/null || true; fi
+  if [ -n "$broker_pid" ]; then kill -KILL "$broker_pid" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
 runner "$HOST_TARGET"; HOST_RUN=("${RUN[@]}")
+
+# A mosquitto on a free loopback port with a TLS listener that requires a client certificate:
+# each daemon below forwards its events there, so ring's code runs on each architecture
+# (ARMv6 on the arm1176 core included) through a real handshake and real records.
+pki=$work/pki
+mkdir -p "$pki"
+openssl_quiet() { openssl "$@" 2>/dev/null; }
+openssl_quiet req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=edgecap-smoke-ca -keyout "$pki/ca.key" -out "$pki/ca.pem"
+for name in server client; do
+  openssl_quiet req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -subj "/CN=$name" -keyout "$pki/$name.key" -out "$pki/$name.csr"
+done
+openssl_quiet x509 -req -in "$pki/server.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca.key" -CAcreateserial \
+  -days 2 -out "$pki/server.pem" -extfile <(printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n')
+openssl_quiet x509 -req -in "$pki/client.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca.key" -CAcreateserial \
+  -days 2 -out "$pki/client.pem" -extfile <(printf 'extendedKeyUsage=clientAuth\n')
+tls_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+printf '%s\n' "listener $tls_port 127.0.0.1" "allow_anonymous true" "cafile $pki/ca.pem" \
+  "certfile $pki/server.pem" "keyfile $pki/server.key" "require_certificate true" "user root" \
+  >"$pki/mosquitto.conf"
+mosquitto_bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+"$mosquitto_bin" -c "$pki/mosquitto.conf" >"$pki/mosquitto.log" 2>&1 &
+broker_pid=$!
+deadline=$((SECONDS + 20))
+until (exec 3<>"/dev/tcp/127.0.0.1/$tls_port") 2>/dev/null; do
+  kill -0 "$broker_pid" 2>/dev/null || { cat "$pki/mosquitto.log" >&2; echo "FAIL: mosquitto exited" >&2; exit 1; }
+  [ $SECONDS -lt $deadline ] || { echo "FAIL: mosquitto did not listen in 20 s" >&2; exit 1; }
+  sleep 0.1
+done
 
 # write_log TARGET NAME: runs TARGET's daemon on a fresh directory, publishes events through
 # TARGET's client (tiny segments, so they rotate), stops it with SIGTERM (exit 0 expected).
@@ -83,6 +117,10 @@ segment_size = "16KiB"
 max_disk = "4MiB"
 [ingest]
 socket = "$dir/ingest.sock"
+[upstream]
+host = "127.0.0.1"
+port = $tls_port
+tls = { ca = "$pki/ca.pem", cert = "$pki/client.pem", key = "$pki/client.key" }
 EOF
   runner "$target"
   EDGECAP_LOG=warn "${RUN[@]}" run --config "$dir.toml" &
@@ -99,6 +137,17 @@ EOF
     printf '{"source":"s%d","value":{"n":%d,"text":"%s"}}\n' $((i % 7)) "$i" "$(printf 'x%.0s' $(seq 1 $((i % 50))))"
   done | "${RUN[@]}" publish --socket "$dir/ingest.sock" - >/dev/null
   "${RUN[@]}" publish --socket "$dir/ingest.sock" --source cmd --kind command '"reboot"' >/dev/null
+  # Everything stored is forwarded over TLS (forwarded_seq catches up with durable_seq).
+  local status forwarded durable
+  deadline=$((SECONDS + 120))
+  while :; do
+    status=$("${HOST_RUN[@]}" status --socket "$dir/ingest.sock" --json)
+    forwarded=$(sed -n 's/.*"forwarded_seq":\([0-9]*\).*/\1/p' <<<"$status")
+    durable=$(sed -n 's/.*"durable_seq":\([0-9]*\).*/\1/p' <<<"$status")
+    [ "$forwarded" -lt "$durable" ] || break
+    [ $SECONDS -lt $deadline ] || { echo "FAIL: $target did not forward over TLS: $status" >&2; exit 1; }
+    sleep 0.2
+  done
   kill -TERM "$daemon_pid"
   local rc=0
   wait "$daemon_pid" || rc=$?
@@ -110,7 +159,7 @@ EOF
   events=$(grep -c '"kind":"sensor"\|"kind":"command"' "$dir.dump")
   segments=$(find "$dir/data" -type f | wc -l)
   [ "$events" -eq 402 ] || { echo "FAIL: $target stored $events of 402 events" >&2; exit 1; }
-  echo "$name: $target wrote 402 events ($(wc -l <"$dir.dump") with system events) in $segments files"
+  echo "$name: $target wrote 402 events ($(wc -l <"$dir.dump") with system events) in $segments files, all forwarded over TLS"
 }
 
 # read_log TARGET NAME: TARGET verifies NAME's directory and dumps exactly what its writer did.

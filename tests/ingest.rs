@@ -238,6 +238,22 @@ fn cli_exit_codes() {
     let out = run(&["config", "check", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("storage.max_disk"));
+    // Values of the wrong type name their dotted key too.
+    for (line, key) in [
+        ("segment_size = -1", "storage.segment_size"),
+        ("sync_interval_ms = \"50\"", "storage.sync_interval_ms"),
+        ("sync = 1", "storage.sync"),
+    ] {
+        std::fs::write(
+            &bad,
+            format!("device_id = \"pi-1\"\n[storage]\ndir = \"/tmp/x\"\n{line}\n"),
+        )
+        .unwrap();
+        let out = run(&["config", "check", bad.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{line}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(key), "{line}: {stderr}");
+    }
     assert_eq!(code(&["run", "--config", bad.to_str().unwrap()]), Some(2));
     // log verify on a directory that is not a data dir: 2.
     assert_eq!(
@@ -301,6 +317,130 @@ fn cli_exit_codes() {
     ] {
         assert!(status.get(key).is_some(), "status lacks {key}");
     }
+}
+
+#[test]
+fn publish_takes_any_json_value_and_refuses_the_rest_with_a_reply_line() {
+    let root = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(root.path(), "");
+    let sock = daemon.socket.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = edgecap()
+            .args(["publish", "--socket", sock])
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let reply: Json = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: stdout {stdout:?} is not a reply ({e})"));
+        (out.status.code(), reply)
+    };
+    // Negative numbers are values, not flags.
+    for value in ["-5", "-1.5", "-2e3"] {
+        let (code, reply) = run(&["--source", "t", value]);
+        assert_eq!(
+            (code, reply["ok"].clone()),
+            (Some(0), Json::Bool(true)),
+            "{value}"
+        );
+    }
+    let (code, reply) = run(&["--source", "t", "null"]);
+    assert_eq!((code, reply["ok"].clone()), (Some(0), Json::Bool(true)));
+    // Not JSON, or a kind producers may not send: a reply line naming the field, exit 1.
+    let (code, reply) = run(&["--source", "t", "open"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        reply["error"].as_str().unwrap().contains("`value`"),
+        "{reply}"
+    );
+    let (code, reply) = run(&["--source", "t", "--kind", "system", "1"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        reply["error"].as_str().unwrap().contains("`kind`"),
+        "{reply}"
+    );
+    let values: Vec<Json> = stored(&daemon).iter().map(|e| e["value"].clone()).collect();
+    assert_eq!(
+        values,
+        [
+            serde_json::json!(-5),
+            serde_json::json!(-1.5),
+            serde_json::json!(-2000.0),
+            Json::Null
+        ]
+    );
+
+    // A status request through `publish -` is a success.
+    let mut child = edgecap()
+        .args(["publish", "--socket", sock, "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"{\"op\":\"status\"}\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("durable_seq"));
+}
+
+#[test]
+fn a_pipelined_status_reflects_every_event_acked_before_it() {
+    let root = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(root.path(), "");
+    let mut lines = Vec::new();
+    for i in 0..50 {
+        lines.push(event_line("t", i));
+        lines.push(r#"{"op":"status"}"#.to_string());
+    }
+    let replies = request(&daemon.socket, &lines);
+    for pair in replies.chunks(2) {
+        let seq = pair[0]["seq"].as_u64().expect("an ack");
+        for key in ["appended_seq", "durable_seq"] {
+            assert!(
+                pair[1][key].as_u64().unwrap() >= seq,
+                "status after the ack of {seq} says {key} {}",
+                pair[1][key]
+            );
+        }
+    }
+}
+
+#[test]
+fn a_full_log_under_reject_still_stops_cleanly_and_restarts() {
+    let root = tempfile::tempdir().unwrap();
+    let storage = "segment_size = \"16KiB\"\nmax_disk = \"48KiB\"\non_full = \"reject\"\n";
+    let mut daemon = Daemon::start_with_storage(root.path(), storage, "");
+    let big = "x".repeat(1000);
+    let mut rejected = None;
+    for _ in 0..200 {
+        let reply = request(&daemon.socket, &[event_line("t", big.as_str())]).remove(0);
+        if reply["ok"] == false {
+            rejected = Some(reply);
+            break;
+        }
+    }
+    let rejected = rejected.expect("a 48 KiB budget is full after 200 events of 1 KB");
+    assert!(
+        rejected["error"].as_str().unwrap().contains("full"),
+        "{rejected}"
+    );
+    let stored_before = stored(&daemon).len();
+    assert!(
+        daemon.terminate().success(),
+        "SIGTERM on a full log must exit 0"
+    );
+    daemon.restart();
+    // Serving, still refusing what does not fit, and nothing lost.
+    assert!(daemon.status()["durable_seq"].as_u64().unwrap() > 0);
+    let reply = request(&daemon.socket, &[event_line("t", big.as_str())]).remove(0);
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert_eq!(stored(&daemon).len(), stored_before);
+    assert!(daemon.terminate().success());
 }
 
 #[test]

@@ -22,6 +22,9 @@ pub enum ConfigError {
     Parse(String),
     #[error("invalid `{key}`: {reason}")]
     Invalid { key: &'static str, reason: String },
+    /// A value of the wrong type, found while parsing: `key` is its dotted path.
+    #[error("invalid `{key}`: {reason}")]
+    Type { key: String, reason: String },
 }
 
 fn invalid<T>(key: &'static str, reason: impl Into<String>) -> Result<T, ConfigError> {
@@ -32,11 +35,34 @@ fn invalid<T>(key: &'static str, reason: impl Into<String>) -> Result<T, ConfigE
 }
 
 /// A size: an integer of bytes or a string with a unit ("16MiB").
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 enum RawSize {
     Bytes(u64),
     Text(String),
+}
+
+impl<'de> Deserialize<'de> for RawSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RawSize;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a size: a whole number of bytes or a string like \"16MiB\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<RawSize, E> {
+                Ok(RawSize::Bytes(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<RawSize, E> {
+                u64::try_from(n)
+                    .map(RawSize::Bytes)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(n), &self))
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<RawSize, E> {
+                Ok(RawSize::Text(text.to_string()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 fn parse_size(key: &'static str, raw: &RawSize) -> Result<u64, ConfigError> {
@@ -209,6 +235,20 @@ pub struct UpstreamConfig {
     pub max_inflight: u16,
     pub username: Option<String>,
     pub password_file: Option<PathBuf>,
+    /// Absent: plain MQTT over TCP.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[upstream] tls = { ca, cert, key }`, checked and loaded (see `crate::tls`).
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsConfig {
+    /// The CA certificates the broker's certificate must chain to (default: the system bundle).
+    pub ca: PathBuf,
+    /// Client certificate chain and key, for brokers that require mutual TLS.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    #[serde(skip)]
+    pub client_config: std::sync::Arc<rustls::ClientConfig>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -249,9 +289,18 @@ impl Config {
 
     /// Parses and validates config text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            ConfigError::Parse(format!("invalid config: {}", e.to_string().trim_end()))
-        })?;
+        // serde_path_to_error tracks where in the document a type error happened, so the
+        // message names the dotted key (`storage.segment_size`) and not only the line.
+        let raw: RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|e| {
+                let key = e.path().to_string();
+                let reason = e.inner().to_string().trim_end().to_string();
+                if key.is_empty() || key == "." {
+                    ConfigError::Parse(format!("invalid config: {reason}"))
+                } else {
+                    ConfigError::Type { key, reason }
+                }
+            })?;
         let device_id = match raw.device_id {
             Some(id) if valid_device_id(&id) => id,
             Some(id) => {
@@ -430,7 +479,10 @@ fn validate_upstream(raw: RawUpstream, device_id: &str) -> Result<UpstreamConfig
     if host.is_empty() {
         return invalid("upstream.host", "must not be empty");
     }
-    let port = raw.port.unwrap_or(1883);
+    // 8883 is MQTT over TLS's registered port, 1883 plain MQTT's.
+    let port = raw
+        .port
+        .unwrap_or(if raw.tls.is_some() { 8883 } else { 1883 });
     if !(1..=65535).contains(&port) {
         return invalid("upstream.port", format!("{port} must be 1..=65535"));
     }
@@ -463,17 +515,17 @@ fn validate_upstream(raw: RawUpstream, device_id: &str) -> Result<UpstreamConfig
     if raw.password_file.is_some() && raw.username.is_none() {
         return invalid("upstream.password_file", "needs upstream.username");
     }
-    if raw.tls.is_some() {
-        let _ = (
-            raw.tls.as_ref().and_then(|t| t.ca.as_ref()),
-            raw.tls.as_ref().and_then(|t| t.cert.as_ref()),
-            raw.tls.as_ref().and_then(|t| t.key.as_ref()),
-        );
-        return invalid(
-            "upstream.tls",
-            "TLS is not supported by this build yet (plain MQTT over TCP only)",
-        );
+    if let Some(path) = &raw.password_file {
+        // Read at each connect (so it can be rotated), but checked now: a typo in the path
+        // is a config error, not a forwarder that fails forever.
+        if let Err(e) = std::fs::File::open(path) {
+            return invalid("upstream.password_file", format!("{}: {e}", path.display()));
+        }
     }
+    let tls = match raw.tls {
+        None => None,
+        Some(raw_tls) => Some(validate_tls(raw_tls)?),
+    };
     Ok(UpstreamConfig {
         host,
         port: port as u16,
@@ -483,6 +535,30 @@ fn validate_upstream(raw: RawUpstream, device_id: &str) -> Result<UpstreamConfig
         max_inflight: max_inflight as u16,
         username: raw.username,
         password_file: raw.password_file,
+        tls,
+    })
+}
+
+fn validate_tls(raw: RawTls) -> Result<TlsConfig, ConfigError> {
+    let ca = raw
+        .ca
+        .unwrap_or_else(|| PathBuf::from(crate::tls::SYSTEM_CA_BUNDLE));
+    let client = match (&raw.cert, &raw.key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+        (Some(_), None) => {
+            return invalid("upstream.tls.key", "is required with upstream.tls.cert")
+        }
+        (None, Some(_)) => {
+            return invalid("upstream.tls.cert", "is required with upstream.tls.key")
+        }
+    };
+    let client_config = crate::tls::client_config(&ca, client)?;
+    Ok(TlsConfig {
+        ca,
+        cert: raw.cert,
+        key: raw.key,
+        client_config,
     })
 }
 

@@ -118,7 +118,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         let log = log.clone();
         move || -> anyhow::Result<u64> {
             let stop = Value::Object(vec![("event".into(), Value::String("stop".into()))]);
-            log.append(system_event("edgecap", stop))?;
+            append_system(&log, system_event("edgecap", stop))?;
             Ok(log.sync()?)
         }
     })
@@ -232,18 +232,21 @@ fn record_start(log: &Log, report: &RecoveryReport, config: &Config) -> anyhow::
             .and_then(|e| e.ok())
             .is_some_and(|e| is_system(&e, "stop"));
     let boot = crate::clock::boot_id_hex(&crate::clock::boot_id());
-    log.append(system_event(
-        "edgecap",
-        Value::Object(vec![
-            ("event".into(), Value::String("start".into())),
-            (
-                "version".into(),
-                Value::String(env!("CARGO_PKG_VERSION").into()),
-            ),
-            ("boot_id".into(), Value::String(boot)),
-            ("device".into(), Value::String(config.device_id.clone())),
-        ]),
-    ))?;
+    append_system(
+        log,
+        system_event(
+            "edgecap",
+            Value::Object(vec![
+                ("event".into(), Value::String("start".into())),
+                (
+                    "version".into(),
+                    Value::String(env!("CARGO_PKG_VERSION").into()),
+                ),
+                ("boot_id".into(), Value::String(boot)),
+                ("device".into(), Value::String(config.device_id.clone())),
+            ]),
+        ),
+    )?;
     if unclean || !report.is_clean() || !report.gaps.is_empty() {
         let cut = report.tail_cut.as_ref();
         let lost: Vec<Value> = report
@@ -253,26 +256,44 @@ fn record_start(log: &Log, report: &RecoveryReport, config: &Config) -> anyhow::
             .chain(report.quarantined.iter().filter_map(|q| q.lost))
             .map(|r| Value::Array(vec![Value::UInt(r.from), Value::UInt(r.to)]))
             .collect();
-        log.append(system_event(
-            "edgecap",
-            Value::Object(vec![
-                ("event".into(), Value::String("recovery".into())),
-                ("unclean_shutdown".into(), Value::Bool(unclean)),
-                ("bytes_cut".into(), Value::UInt(cut.map_or(0, |c| c.bytes))),
-                (
-                    "records_cut".into(),
-                    Value::UInt(cut.map_or(0, |c| c.records)),
-                ),
-                ("lost_ranges".into(), Value::Array(lost)),
-                (
-                    "problems".into(),
-                    Value::Array(report.problems().into_iter().map(Value::String).collect()),
-                ),
-            ]),
-        ))?;
+        append_system(
+            log,
+            system_event(
+                "edgecap",
+                Value::Object(vec![
+                    ("event".into(), Value::String("recovery".into())),
+                    ("unclean_shutdown".into(), Value::Bool(unclean)),
+                    ("bytes_cut".into(), Value::UInt(cut.map_or(0, |c| c.bytes))),
+                    (
+                        "records_cut".into(),
+                        Value::UInt(cut.map_or(0, |c| c.records)),
+                    ),
+                    ("lost_ranges".into(), Value::Array(lost)),
+                    (
+                        "problems".into(),
+                        Value::Array(report.problems().into_iter().map(Value::String).collect()),
+                    ),
+                ]),
+            ),
+        )?;
     }
     log.sync()?;
     Ok(())
+}
+
+/// Appends one of the daemon's own `system` events (start, recovery, stop). With
+/// `on_full = "reject"` and the budget used up, the log refuses it like any event: that is
+/// logged and the daemon goes on, so a full log still starts, serves status and reads, and
+/// stops with exit 0. Any other error is fatal.
+fn append_system(log: &Log, event: edgecap_storage::Event) -> anyhow::Result<()> {
+    match log.append(event) {
+        Ok(_) => Ok(()),
+        Err(error @ edgecap_storage::Error::Full { .. }) => {
+            tracing::warn!(%error, "system event not stored: the log is full");
+            Ok(())
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// Whether `event` is the daemon's own `system` event named `what`.

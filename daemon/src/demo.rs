@@ -44,9 +44,12 @@ const OUTAGE_END: Duration = Duration::from_secs(10);
 const DRAIN_DEADLINE: Duration = Duration::from_secs(12);
 
 pub fn main(args: DemoArgs) -> ExitCode {
-    let filter = std::env::var("EDGECAP_LOG").unwrap_or_else(|_| "error".into());
+    // The embedded broker logs the outage the demo causes on purpose as errors: silenced
+    // unless asked for (EDGECAP_LOG=rumqttd=info).
+    let filter = std::env::var("EDGECAP_LOG").unwrap_or_else(|_| "error,rumqttd=off".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -77,6 +77,11 @@ fn mqtt_options(upstream: &UpstreamConfig) -> anyhow::Result<MqttOptions> {
         };
         options.set_credentials(username, password);
     }
+    if let Some(tls) = &upstream.tls {
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls.client_config.clone()),
+        ));
+    }
     Ok(options)
 }
 

@@ -219,6 +219,11 @@ pub async fn read_line_bounded<R: tokio::io::AsyncRead + Unpin>(
 enum Pending {
     Ready(String),
     Waiting(oneshot::Receiver<AppendResult>),
+    /// `{"op":"status"}`, taken when its turn to be answered comes, so that it reflects every
+    /// event acknowledged before it on the same connection.
+    Status,
+    /// `{"op":"state"}`, likewise.
+    State,
 }
 
 fn error_line(message: &str) -> String {
@@ -303,7 +308,7 @@ async fn refuse(mut stream: UnixStream, max: usize) {
 async fn serve_client(stream: UnixStream, ingest: Ingest, shutdown: watch::Receiver<bool>) {
     let (read, write) = stream.into_split();
     let (pending_tx, pending_rx) = mpsc::channel(CLIENT_PIPELINE_MAX);
-    let replier = tokio::spawn(reply_in_order(write, pending_rx));
+    let replier = tokio::spawn(reply_in_order(write, pending_rx, ingest.clone()));
     let follow = read_requests(read, &ingest, pending_tx, shutdown.clone()).await;
     // Answers to everything read before go out first, then the connection may turn into a
     // subscription.
@@ -344,17 +349,8 @@ async fn read_requests(
             ))),
             Ok(Line::Complete) => match parse_request(&line) {
                 Err(message) => Pending::Ready(error_line(&message)),
-                Ok(Request::Status) => {
-                    Pending::Ready(ingest.health.to_json(&ingest.log).to_string())
-                }
-                Ok(Request::State) => Pending::Ready(
-                    ingest
-                        .state
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .to_json()
-                        .to_string(),
-                ),
+                Ok(Request::Status) => Pending::Status,
+                Ok(Request::State) => Pending::State,
                 Ok(Request::Follow(follow)) => return Some(follow),
                 Ok(Request::Append(event)) => Pending::Waiting(ingest.writer.append(event).await),
             },
@@ -369,11 +365,19 @@ async fn read_requests(
 async fn reply_in_order(
     mut write: OwnedWriteHalf,
     mut pending: mpsc::Receiver<Pending>,
+    ingest: Ingest,
 ) -> Option<OwnedWriteHalf> {
     let mut out = Vec::with_capacity(256);
     while let Some(item) = pending.recv().await {
         let line = match item {
             Pending::Ready(line) => line,
+            Pending::Status => ingest.health.to_json(&ingest.log).to_string(),
+            Pending::State => ingest
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .to_json()
+                .to_string(),
             Pending::Waiting(rx) => match rx.await {
                 Ok(Ok(seq)) => json!({"ok": true, "seq": seq}).to_string(),
                 Ok(Err(message)) => error_line(&message),

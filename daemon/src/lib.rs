@@ -18,6 +18,7 @@ pub mod project;
 pub mod retry;
 pub mod snapshot;
 pub mod status;
+pub mod tls;
 pub mod writer;
 
 /// Resolves once `flag` is true (or its sender is gone). Drops the `watch::Ref` before

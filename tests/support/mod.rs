@@ -48,6 +48,10 @@ pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> 
 pub struct Broker {
     pub port: u16,
     dir: PathBuf,
+    /// Appended to the generated mosquitto.conf.
+    extra: String,
+    /// Ports of listeners in `extra`, waited on at start like `port`.
+    extra_ports: Vec<u16>,
     child: Option<Child>,
 }
 
@@ -62,6 +66,23 @@ impl Broker {
         let mut broker = Broker {
             port,
             dir,
+            extra: String::new(),
+            extra_ports: Vec::new(),
+            child: None,
+        };
+        broker.restart();
+        broker
+    }
+
+    /// A broker with more mosquitto configuration (another listener, say) on `extra_ports`.
+    pub fn start_with(dir: &Path, extra: &str, extra_ports: &[u16]) -> Broker {
+        let dir = dir.join("mosquitto");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut broker = Broker {
+            port: free_port(),
+            dir,
+            extra: extra.to_string(),
+            extra_ports: extra_ports.to_vec(),
             child: None,
         };
         broker.restart();
@@ -75,9 +96,10 @@ impl Broker {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {dir}/\nautosave_interval 1\nlog_dest file {dir}/mosquitto.log\nuser root\nmax_queued_messages 0\nmax_inflight_messages 0\n",
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {dir}/\nautosave_interval 1\nlog_dest file {dir}/mosquitto.log\nuser root\nmax_queued_messages 0\nmax_inflight_messages 0\n{extra}\n",
                 port = self.port,
-                dir = self.dir.display()
+                dir = self.dir.display(),
+                extra = self.extra
             ),
         )
         .unwrap();
@@ -89,10 +111,11 @@ impl Broker {
             .spawn()
             .expect("mosquitto must be installed (the README's test command installs it)");
         self.child = Some(child);
-        let port = self.port;
-        wait_until("mosquitto to listen", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        for port in std::iter::once(self.port).chain(self.extra_ports.iter().copied()) {
+            wait_until("mosquitto to listen", Duration::from_secs(10), || {
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            });
+        }
     }
 
     /// Stops the broker with SIGTERM (it saves its persistence file) and waits for it.

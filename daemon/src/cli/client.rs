@@ -17,9 +17,13 @@ pub struct PublishArgs {
     /// Source name (`[A-Za-z0-9_.:-]{1,64}`); required unless VALUE is `-`.
     #[arg(long)]
     pub source: Option<String>,
-    #[arg(long, value_parser = ["sensor", "command"])]
+    /// `sensor` (the default) or `command`. Anything else is sent as given, so the daemon's
+    /// refusal is the reply (exit 1), as for any other rejected field.
+    #[arg(long, value_name = "sensor|command")]
     pub kind: Option<String>,
-    /// The value as JSON text, or `-` to read request lines from stdin.
+    /// The value as JSON text (`21.5`, `-3`, `'"open"'`, `'{"a":1}'`), or `-` to read request
+    /// lines from stdin.
+    #[arg(allow_negative_numbers = true)]
     pub value: String,
 }
 
@@ -33,11 +37,13 @@ fn connect(socket: &Path) -> Result<UnixStream, ExitCode> {
     })
 }
 
+/// Whether a reply line is a success: `"ok":true`, or a control reply (status, state), which
+/// has no `ok` key. Anything unparsable counts as a failure.
 fn reply_ok(line: &str) -> bool {
-    serde_json::from_str::<Json>(line)
-        .ok()
-        .and_then(|v| v.get("ok").and_then(Json::as_bool))
-        .unwrap_or(false)
+    match serde_json::from_str::<Json>(line) {
+        Ok(Json::Object(map)) => map.get("ok").is_none_or(|ok| ok == &Json::Bool(true)),
+        _ => false,
+    }
 }
 
 pub fn publish(args: PublishArgs) -> ExitCode {
@@ -51,7 +57,9 @@ pub fn publish(args: PublishArgs) -> ExitCode {
     let value: Json = match serde_json::from_str(&args.value) {
         Ok(value) => value,
         Err(e) => {
-            eprintln!("edgecap: VALUE is not valid JSON ({e}); quote strings: '\"text\"'");
+            // Refused here as the daemon would refuse it: a reply line naming the field.
+            let error = format!("field `value` is not JSON ({e}); quote strings: '\"text\"'");
+            println!("{}", json!({"ok": false, "error": error}));
             return ExitCode::FAILURE;
         }
     };

@@ -3,6 +3,7 @@
 //! 2 not a data directory or a bad `--at`.
 
 use std::io::IsTerminal;
+use std::io::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -133,11 +134,14 @@ pub fn main(dir: &Path, at_seq: Option<u64>, at: Option<String>, json: bool) -> 
         eprintln!("edgecap: corruption: {problem}");
     }
     corrupt |= !problems.is_empty();
-    if json {
-        println!("{}", state.to_json_with(&corrections));
+    let text = if json {
+        format!("{}\n", state.to_json_with(&corrections))
     } else {
-        print!("{}", state.to_table(&corrections));
-    }
+        state.to_table(&corrections)
+    };
+    // A closed stdout (`| head`) is not an error of ours: no panic, the exit code stands.
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
     if corrupt {
         ExitCode::FAILURE
     } else {
