@@ -11,7 +11,9 @@
 # Checks: the ARMv6 binary's `readelf -A` says Tag_CPU_arch: v6; every binary prints
 # `--version` under qemu-user (ARMv6 on the arm1176 core); a log written by the host binary
 # verifies and dumps identically with each Pi binary, and a log written by the ARMv6 daemon
-# under qemu verifies and dumps identically on the host; the aarch64 binary is at most 6 MiB.
+# under qemu verifies and dumps identically on the host; each of those two daemons forwards
+# its events over TLS with a client certificate to a local mosquitto (ring on ARMv6 for real);
+# the aarch64 binary is at most 6 MiB.
 # Prints the stripped sizes. Installs what it needs (apt, rustup, a venv under target/).
 # Why these routes and not `cross`: cross/README.md.
 set -euo pipefail
