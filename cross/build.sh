@@ -25,21 +25,40 @@ need_armv6_tools
 # The cross-architecture smoke forwards over TLS to a local broker (openssl makes its PKI).
 apt_need mosquitto openssl
 
+# The ARMv6 build runs alongside the other three, in its own target directory (cargo locks
+# one per invocation): each release build ends in long single-threaded LTO links, and the
+# other build fills the idle core meanwhile.
+#
+# rustup has no standard library for ARMv6 here, and Debian's armhf gcc emits ARMv7 code: so
+# std is rebuilt for the target (rust-src + RUSTC_BOOTSTRAP=1 on the stable toolchain) and zig
+# links against its own ARMv6 musl. link-self-contained=no: zig provides crt objects and libc,
+# not the (absent) rustup musl ones.
+echo "== cargo zigbuild --release ($ARMV6, -Zbuild-std), in the background: target/armv6-build.log"
+mkdir -p target
+RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=target/armv6 \
+CARGO_TARGET_ARM_UNKNOWN_LINUX_MUSLEABIHF_RUSTFLAGS="-C link-self-contained=no" \
+  setsid cargo zigbuild --release -p edgecap --no-default-features --target "$ARMV6" \
+  -Zbuild-std=std,panic_abort >target/armv6-build.log 2>&1 &
+armv6_build=$!
+# If this script stops early, the background build (its own process group) stops too.
+trap 'kill -- "-$armv6_build" 2>/dev/null || true' EXIT
+
 echo "== cargo build --release (host, $AARCH64, $ARMV7)"
 # One cargo invocation for three targets: cargo's job queue overlaps one target's long
 # single-threaded LTO link with the others' compiles, which separate runs could not.
 cargo build --release -p edgecap --no-default-features \
   --target "$HOST_TARGET" --target "$AARCH64" --target "$ARMV7"
 
-echo "== cargo zigbuild --release ($ARMV6, -Zbuild-std)"
-# rustup has no standard library for ARMv6 here, and Debian's armhf gcc emits ARMv7 code: so
-# std is rebuilt for the target (rust-src + RUSTC_BOOTSTRAP=1 on the stable toolchain) and zig
-# links against its own ARMv6 musl. link-self-contained=no: zig provides crt objects and libc,
-# not the (absent) rustup musl ones.
-RUSTC_BOOTSTRAP=1 \
-CARGO_TARGET_ARM_UNKNOWN_LINUX_MUSLEABIHF_RUSTFLAGS="-C link-self-contained=no" \
-  cargo zigbuild --release -p edgecap --no-default-features --target "$ARMV6" \
-  -Zbuild-std=std,panic_abort
+echo "== waiting for the $ARMV6 build"
+if ! wait "$armv6_build"; then
+  tail -n 40 target/armv6-build.log >&2
+  echo "FAIL: the $ARMV6 build failed (target/armv6-build.log)" >&2
+  exit 1
+fi
+trap - EXIT
+tail -n 1 target/armv6-build.log
+# Where cargo-deb and the other scripts look for it.
+install -D -m 755 "target/armv6/$ARMV6/release/edgecap" "$(bin_of "$ARMV6")"
 
 echo "== readelf -A $(bin_of "$ARMV6")"
 readelf -A "$(bin_of "$ARMV6")" | tee target/armv6-readelf.txt
@@ -81,7 +100,11 @@ runner "$HOST_TARGET"; HOST_RUN=("${RUN[@]}")
 # (ARMv6 on the arm1176 core included) through a real handshake and real records.
 pki=$work/pki
 mkdir -p "$pki"
-openssl_quiet() { openssl "$@" 2>/dev/null; }
+# openssl's chatter goes to a log, shown if a step fails.
+openssl_quiet() {
+  openssl "$@" 2>>"$pki/openssl.log" \
+    || { cat "$pki/openssl.log" >&2; echo "FAIL: openssl $1" >&2; exit 1; }
+}
 openssl_quiet req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
   -subj /CN=edgecap-smoke-ca -keyout "$pki/ca.key" -out "$pki/ca.pem"
 for name in server client; do
@@ -92,19 +115,36 @@ openssl_quiet x509 -req -in "$pki/server.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca.
   -days 2 -out "$pki/server.pem" -extfile <(printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n')
 openssl_quiet x509 -req -in "$pki/client.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca.key" -CAcreateserial \
   -days 2 -out "$pki/client.pem" -extfile <(printf 'extendedKeyUsage=clientAuth\n')
-tls_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-printf '%s\n' "listener $tls_port 127.0.0.1" "allow_anonymous true" "cafile $pki/ca.pem" \
-  "certfile $pki/server.pem" "keyfile $pki/server.key" "require_certificate true" "user root" \
-  >"$pki/mosquitto.conf"
 mosquitto_bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)
-"$mosquitto_bin" -c "$pki/mosquitto.conf" >"$pki/mosquitto.log" 2>&1 &
-broker_pid=$!
-deadline=$((SECONDS + 20))
-until (exec 3<>"/dev/tcp/127.0.0.1/$tls_port") 2>/dev/null; do
-  kill -0 "$broker_pid" 2>/dev/null || { cat "$pki/mosquitto.log" >&2; echo "FAIL: mosquitto exited" >&2; exit 1; }
-  [ $SECONDS -lt $deadline ] || { echo "FAIL: mosquitto did not listen in 20 s" >&2; exit 1; }
-  sleep 0.1
-done
+# start_broker: mosquitto on a port the kernel just said was free. Another process can take
+# it in between; then mosquitto exits (it cannot bind) and a new port is tried, up to 5 times.
+start_broker() {
+  local attempt
+  for attempt in 1 2 3 4 5; do
+    tls_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    printf '%s\n' "listener $tls_port 127.0.0.1" "allow_anonymous true" "cafile $pki/ca.pem" \
+      "certfile $pki/server.pem" "keyfile $pki/server.key" "require_certificate true" "user root" \
+      "log_dest file $pki/mosquitto.log" >"$pki/mosquitto.conf"
+    : >"$pki/mosquitto.log"
+    "$mosquitto_bin" -c "$pki/mosquitto.conf" >>"$pki/mosquitto.log" 2>&1 &
+    broker_pid=$!
+    local deadline=$((SECONDS + 20))
+    # Ours is listening once its log says so (a /dev/tcp probe cannot tell whose port it is).
+    until grep -q "Opening ipv4 listen socket on port $tls_port" "$pki/mosquitto.log" \
+          && (exec 3<>"/dev/tcp/127.0.0.1/$tls_port") 2>/dev/null; do
+      kill -0 "$broker_pid" 2>/dev/null || break
+      [ $SECONDS -lt $deadline ] || { echo "FAIL: mosquitto did not listen in 20 s" >&2; exit 1; }
+      sleep 0.1
+    done
+    kill -0 "$broker_pid" 2>/dev/null && return 0
+    echo "(mosquitto could not use port $tls_port, attempt $attempt)"
+    broker_pid=
+  done
+  cat "$pki/mosquitto.log" >&2
+  echo "FAIL: mosquitto did not start" >&2
+  exit 1
+}
+start_broker
 
 # write_log TARGET NAME: runs TARGET's daemon on a fresh directory, publishes events through
 # TARGET's client (tiny segments, so they rotate), stops it with SIGTERM (exit 0 expected).
@@ -143,9 +183,12 @@ EOF
   local status forwarded durable
   deadline=$((SECONDS + 120))
   while :; do
-    status=$("${HOST_RUN[@]}" status --socket "$dir/ingest.sock" --json)
+    status=$("${HOST_RUN[@]}" status --socket "$dir/ingest.sock" --json) \
+      || { echo "FAIL: $target daemon does not answer status" >&2; exit 1; }
     forwarded=$(sed -n 's/.*"forwarded_seq":\([0-9]*\).*/\1/p' <<<"$status")
     durable=$(sed -n 's/.*"durable_seq":\([0-9]*\).*/\1/p' <<<"$status")
+    [[ $forwarded =~ ^[0-9]+$ && $durable =~ ^[0-9]+$ ]] \
+      || { echo "FAIL: unexpected status from $target: $status" >&2; exit 1; }
     [ "$forwarded" -lt "$durable" ] || break
     [ $SECONDS -lt $deadline ] || { echo "FAIL: $target did not forward over TLS: $status" >&2; exit 1; }
     sleep 0.2

@@ -204,7 +204,10 @@ fn config_check_names_the_tls_key_that_is_wrong() {
             format!("{{ ca = \"{ca}\", cert = \"{cert}\", key = \"{cert}\" }}"),
             "upstream.tls.key",
         ),
-        (format!("{{ ca = \"{ca}\", cipher = \"x\" }}"), "cipher"),
+        (
+            format!("{{ ca = \"{ca}\", cipher = \"x\" }}"),
+            "upstream.tls.cipher",
+        ),
     ];
     for (tls, key_named) in cases {
         let (code, out) = config(&tls);

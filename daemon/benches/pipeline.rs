@@ -5,7 +5,9 @@
 //! until a QoS 1 subscriber has received every one. Then the time a 100,000-event backlog
 //! (captured while the broker was absent) takes to drain once the broker appears. The
 //! baseline, measured in the same run: one rumqttc QoS 1 publisher straight to the same
-//! mosquitto with 64 in flight (what the forwarder's `max_inflight` allows).
+//! mosquitto with 64 in flight (what the forwarder's `max_inflight` allows). Then
+//! `sync = "always"` again with the daemon forwarding over TLS (client certificate required;
+//! certificates made by rcgen), against the plain-TCP figure of the same run.
 //!
 //! Needs `mosquitto` (the README's test command installs it). Run:
 //! `cargo bench -p edgecap --bench pipeline`. `EDGECAP_BENCH_EVENTS` sets N (default 50,000).
@@ -29,14 +31,20 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A mosquitto child; with `persistent`, sessions survive a SIGTERM restart.
-fn mosquitto(dir: &Path, port: u16, persistent: bool) -> Child {
+/// A mosquitto child; with `persistent`, sessions survive a SIGTERM restart. `tls`: also a
+/// TLS listener on that port, requiring a client certificate from the bench CA.
+fn mosquitto(dir: &Path, port: u16, persistent: bool, tls: Option<(u16, &Pki)>) -> Child {
     let conf = dir.join(format!("mosquitto-{port}.conf"));
-    std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence {persistent}\npersistence_location {}/\nlog_dest file {}/mosquitto.log\nuser root\nmax_queued_messages 0\n", dir.display(), dir.display()),
-    )
-    .unwrap();
+    let mut text = format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence {persistent}\npersistence_location {}/\nlog_dest file {}/mosquitto.log\nuser root\nmax_queued_messages 0\n", dir.display(), dir.display());
+    if let Some((tls_port, pki)) = tls {
+        text += &format!(
+            "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+            pki.ca.display(),
+            pki.server_cert.display(),
+            pki.server_key.display()
+        );
+    }
+    std::fs::write(&conf, text).unwrap();
     let child = Command::new("mosquitto")
         .arg("-c")
         .arg(&conf)
@@ -45,11 +53,60 @@ fn mosquitto(dir: &Path, port: u16, persistent: bool) -> Child {
         .spawn()
         .expect("mosquitto installed");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "mosquitto did not start");
-        std::thread::sleep(Duration::from_millis(10));
+    for port in std::iter::once(port).chain(tls.map(|(p, _)| p)) {
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
     child
+}
+
+/// PEM files: a CA, the broker's certificate for 127.0.0.1, and a client's.
+struct Pki {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+impl Pki {
+    fn new(dir: &Path) -> Pki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = params.self_signed(&ca_key).unwrap();
+        let leaf = |name: &str| {
+            let params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let (server_cert, server_key) = leaf("127.0.0.1");
+        let (client_cert, client_key) = leaf("bench");
+        Pki {
+            ca: write("ca.pem", &ca.pem()),
+            server_cert: write("server.pem", &server_cert),
+            server_key: write("server.key", &server_key),
+            client_cert: write("client.pem", &client_cert),
+            client_key: write("client.key", &client_key),
+        }
+    }
+
+    fn upstream_tls(&self) -> String {
+        format!(
+            "tls = {{ ca = \"{}\", cert = \"{}\", key = \"{}\" }}\n",
+            self.ca.display(),
+            self.client_cert.display(),
+            self.client_key.display()
+        )
+    }
 }
 
 /// A subscriber counting distinct seqs; returns (seen set, ready).
@@ -96,9 +153,9 @@ async fn subscriber(port: u16, filter: String, persistent: bool) -> Arc<Mutex<Ha
     seen
 }
 
-fn config(dir: &Path, socket: &Path, port: u16, sync: &str) -> Config {
+fn config(dir: &Path, socket: &Path, port: u16, sync: &str, tls: &str) -> Config {
     Config::parse(&format!(
-        "device_id = \"bench\"\n[storage]\ndir = \"{}\"\nsegment_size = \"16MiB\"\nmax_disk = \"1GiB\"\nsync = \"{sync}\"\n[ingest]\nsocket = \"{}\"\n[upstream]\nhost = \"127.0.0.1\"\nport = {port}\nmax_inflight = 64\n[retry]\ninitial_backoff_ms = 50\nmax_backoff_ms = 200\n[breaker]\nfailure_threshold = 5\nopen_secs = 1\n",
+        "device_id = \"bench\"\n[storage]\ndir = \"{}\"\nsegment_size = \"16MiB\"\nmax_disk = \"1GiB\"\nsync = \"{sync}\"\n[ingest]\nsocket = \"{}\"\n[upstream]\nhost = \"127.0.0.1\"\nport = {port}\nmax_inflight = 64\n{tls}[retry]\ninitial_backoff_ms = 50\nmax_backoff_ms = 200\n[breaker]\nfailure_threshold = 5\nopen_secs = 1\n",
         dir.display(),
         socket.display()
     ))
@@ -188,18 +245,27 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let pki = Pki::new(&root);
     runtime.block_on(async {
         let port = free_port();
-        let mut broker = mosquitto(&root, port, false);
+        let tls_port = free_port();
+        let mut broker = mosquitto(&root, port, false, Some((tls_port, &pki)));
         let base = baseline(port, n).await;
         println!("pipeline: {n} events, mosquitto on loopback");
         println!("  baseline: rumqttc QoS 1 publisher, 64 in flight, 128 B: {base:.0} msg/s");
-        for sync in ["always", "interval"] {
-            let dir = root.join(sync);
-            let socket = root.join(format!("{sync}.sock"));
+        let mut plain_always = 0.0;
+        for (sync, tls) in [("always", false), ("interval", false), ("always", true)] {
+            let name = format!("{sync}{}", if tls { "-tls" } else { "" });
+            let dir = root.join(&name);
+            let socket = root.join(format!("{name}.sock"));
             let seen = subscriber(port, "edgecap/bench/events/#".into(), false).await;
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-            let daemon = tokio::spawn(edgecap::daemon::run(config(&dir, &socket, port, sync), async {
+            let config = if tls {
+                config(&dir, &socket, tls_port, sync, &pki.upstream_tls())
+            } else {
+                config(&dir, &socket, port, sync, "")
+            };
+            let daemon = tokio::spawn(edgecap::daemon::run(config, async {
                 let _ = stop_rx.await;
             }));
             while UnixStream::connect(&socket).is_err() {
@@ -214,12 +280,22 @@ fn main() {
             let acked = start.elapsed().as_secs_f64();
             assert!(wait_for(&seen, n, Duration::from_secs(120)).await, "not everything arrived");
             let delivered = start.elapsed().as_secs_f64();
+            let e2e = n as f64 / delivered;
             println!(
-                "  sync = {sync:<8}: acked {:>8.0} events/s; end to end {:>8.0} events/s (ratio to baseline {:.2})",
+                "  sync = {sync:<8}{}: acked {:>8.0} events/s; end to end {:>8.0} events/s (ratio to baseline {:.2})",
+                if tls { " over TLS" } else { "" },
                 n as f64 / acked,
-                n as f64 / delivered,
-                n as f64 / delivered / base
+                e2e,
+                e2e / base
             );
+            if !tls && sync == "always" {
+                plain_always = e2e;
+            } else if tls {
+                println!(
+                    "  TLS (client certificate, ring) against plain TCP, sync = always, end to end: ratio {:.2}",
+                    e2e / plain_always
+                );
+            }
             let _ = stop_tx.send(());
             daemon.await.unwrap().unwrap();
         }
@@ -231,7 +307,7 @@ fn main() {
         // broker queues everything for it, whoever reconnects first.
         let backlog = 100_000;
         let port = free_port();
-        let mut broker = mosquitto(&root, port, true);
+        let mut broker = mosquitto(&root, port, true, None);
         let seen = subscriber(port, "edgecap/bench/events/#".into(), true).await;
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(broker.id() as i32, libc::SIGTERM) };
@@ -239,7 +315,7 @@ fn main() {
         let dir = root.join("backlog");
         let socket = root.join("backlog.sock");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let daemon = tokio::spawn(edgecap::daemon::run(config(&dir, &socket, port, "always"), async {
+        let daemon = tokio::spawn(edgecap::daemon::run(config(&dir, &socket, port, "always", ""), async {
             let _ = stop_rx.await;
         }));
         while UnixStream::connect(&socket).is_err() {
@@ -252,7 +328,7 @@ fn main() {
         .await
         .unwrap();
         let start = Instant::now();
-        let mut broker = mosquitto(&root, port, true);
+        let mut broker = mosquitto(&root, port, true, None);
         assert!(wait_for(&seen, backlog, Duration::from_secs(300)).await, "backlog did not drain");
         let drain = start.elapsed().as_secs_f64();
         println!(

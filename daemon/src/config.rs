@@ -235,8 +235,21 @@ pub struct UpstreamConfig {
     pub max_inflight: u16,
     pub username: Option<String>,
     pub password_file: Option<PathBuf>,
+    /// The contents of `password_file`, read at validation.
+    #[serde(skip)]
+    pub password: Option<Secret>,
     /// Absent: plain MQTT over TCP.
     pub tls: Option<TlsConfig>,
+}
+
+/// A secret that `Debug` does not print.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// `[upstream] tls = { ca, cert, key }`, checked and loaded (see `crate::tls`).
@@ -480,9 +493,11 @@ fn validate_upstream(raw: RawUpstream, device_id: &str) -> Result<UpstreamConfig
         return invalid("upstream.host", "must not be empty");
     }
     // 8883 is MQTT over TLS's registered port, 1883 plain MQTT's.
-    let port = raw
-        .port
-        .unwrap_or(if raw.tls.is_some() { 8883 } else { 1883 });
+    let port = raw.port.unwrap_or(if raw.tls.is_some() {
+        MQTT_TLS_PORT_DEFAULT.into()
+    } else {
+        MQTT_PORT_DEFAULT.into()
+    });
     if !(1..=65535).contains(&port) {
         return invalid("upstream.port", format!("{port} must be 1..=65535"));
     }
@@ -515,11 +530,20 @@ fn validate_upstream(raw: RawUpstream, device_id: &str) -> Result<UpstreamConfig
     if raw.password_file.is_some() && raw.username.is_none() {
         return invalid("upstream.password_file", "needs upstream.username");
     }
-    if let Some(path) = &raw.password_file {
-        // Read at each connect (so it can be rotated), but checked now: a typo in the path
-        // is a config error, not a forwarder that fails forever.
-        if let Err(e) = std::fs::File::open(path) {
-            return invalid("upstream.password_file", format!("{}: {e}", path.display()));
+    // Read now, once: a wrong path or mode is a config error (exit 2), never a forwarder that
+    // cannot start. A new password takes a restart, like a new certificate.
+    let password = match &raw.password_file {
+        None => None,
+        Some(path) => Some(Secret(read_password(path)?)),
+    };
+    if raw.tls.is_some() {
+        // The name the broker's certificate must carry: checked now rather than at every
+        // connection attempt.
+        if let Err(e) = rustls::pki_types::ServerName::try_from(host.as_str()) {
+            return invalid(
+                "upstream.host",
+                format!("{host:?} is not a DNS name or IP address a TLS certificate can name: {e}"),
+            );
         }
     }
     let tls = match raw.tls {
@@ -535,8 +559,30 @@ fn validate_upstream(raw: RawUpstream, device_id: &str) -> Result<UpstreamConfig
         max_inflight: max_inflight as u16,
         username: raw.username,
         password_file: raw.password_file,
+        password,
         tls,
     })
+}
+
+fn read_password(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read as _;
+    let fail = |e: &dyn std::fmt::Display| ConfigError::Invalid {
+        key: "upstream.password_file",
+        reason: format!("{}: {e}", path.display()),
+    };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            f.take(PASSWORD_FILE_BYTES_MAX + 1)
+                .read_to_string(&mut text)
+        })
+        .map_err(|e| fail(&e))?;
+    if text.len() as u64 > PASSWORD_FILE_BYTES_MAX {
+        return Err(fail(&format!(
+            "longer than {PASSWORD_FILE_BYTES_MAX} bytes"
+        )));
+    }
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
 }
 
 fn validate_tls(raw: RawTls) -> Result<TlsConfig, ConfigError> {
@@ -602,5 +648,28 @@ max_disk = "8MiB"
             .contains("retry.initial_backoff_ms"));
         assert!(error_of(&format!("{GOOD}[breaker]\nfailure_threshold=0"))
             .contains("breaker.failure_threshold"));
+    }
+
+    #[test]
+    fn the_password_is_read_at_validation() {
+        let dir = tempfile::tempdir().unwrap();
+        let upstream = |file: &Path| {
+            format!(
+                "{GOOD}[upstream]\nusername='edge'\npassword_file='{}'\n",
+                file.display()
+            )
+        };
+        // A directory opens but cannot be read: refused now, not at the first connection.
+        assert!(error_of(&upstream(dir.path())).contains("upstream.password_file"));
+        assert!(error_of(&upstream(&dir.path().join("missing"))).contains("upstream.password_file"));
+        let file = dir.path().join("password");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let config = Config::parse(&upstream(&file)).unwrap();
+        let upstream = config.upstream.unwrap();
+        assert_eq!(upstream.password.as_ref().unwrap().0, "s3cret");
+        assert!(
+            !format!("{upstream:?}").contains("s3cret"),
+            "Debug shows the password"
+        );
     }
 }

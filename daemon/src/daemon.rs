@@ -284,7 +284,9 @@ fn record_start(log: &Log, report: &RecoveryReport, config: &Config) -> anyhow::
 /// Appends one of the daemon's own `system` events (start, recovery, stop). With
 /// `on_full = "reject"` and the budget used up, the log refuses it like any event: that is
 /// logged and the daemon goes on, so a full log still starts, serves status and reads, and
-/// stops with exit 0. Any other error is fatal.
+/// stops with exit 0. Any other error is fatal. A `stop` refused this way makes the next
+/// start record a `recovery` (unclean shutdown) once there is room: the history then says
+/// less than it knows, never more.
 fn append_system(log: &Log, event: edgecap_storage::Event) -> anyhow::Result<()> {
     match log.append(event) {
         Ok(_) => Ok(()),

@@ -68,13 +68,7 @@ fn mqtt_options(upstream: &UpstreamConfig) -> anyhow::Result<MqttOptions> {
         .set_manual_acks(true)
         .set_max_packet_size(MQTT_PACKET_BYTES_MAX, MQTT_PACKET_BYTES_MAX);
     if let Some(username) = &upstream.username {
-        let password = match &upstream.password_file {
-            Some(path) => std::fs::read_to_string(path)
-                .map_err(|e| anyhow::anyhow!("upstream.password_file {}: {e}", path.display()))?
-                .trim_end_matches(['\n', '\r'])
-                .to_string(),
-            None => String::new(),
-        };
+        let password = upstream.password.as_ref().map_or("", |p| p.0.as_str());
         options.set_credentials(username, password);
     }
     if let Some(tls) = &upstream.tls {

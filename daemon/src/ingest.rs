@@ -222,7 +222,8 @@ enum Pending {
     /// `{"op":"status"}`, taken when its turn to be answered comes, so that it reflects every
     /// event acknowledged before it on the same connection.
     Status,
-    /// `{"op":"state"}`, likewise.
+    /// `{"op":"state"}`, taken at its turn too. The projection is folded by its own task
+    /// from durable events, so it may not include an event acknowledged just before.
     State,
 }
 

@@ -27,6 +27,15 @@ pub const CLIENT_PIPELINE_MAX: usize = 256;
 pub const WRITE_QUEUE_MAX: usize = 4096;
 /// Most requests the writer appends before one group-commit sync: 1024.
 pub const WRITE_BATCH_MAX: usize = 1024;
+/// Default `upstream.port` without TLS: 1883, MQTT's registered port.
+pub const MQTT_PORT_DEFAULT: u16 = 1883;
+/// Default `upstream.port` with `upstream.tls`: 8883, MQTT over TLS's registered port.
+pub const MQTT_TLS_PORT_DEFAULT: u16 = 8883;
+/// Largest PEM file (`upstream.tls.*`) read: 4 MiB. Debian's whole CA bundle is about 220 KB;
+/// the bound keeps a wrong path (a log file, a device) from being read whole.
+pub const PEM_FILE_BYTES_MAX: u64 = 4 << 20;
+/// Largest `upstream.password_file` read: 4 KiB (MQTT passwords are short).
+pub const PASSWORD_FILE_BYTES_MAX: u64 = 4096;
 /// Default `upstream.max_inflight`: 64 unacknowledged QoS 1 publishes.
 pub const INFLIGHT_MAX_DEFAULT: u16 = 64;
 /// Hard ceiling for `upstream.max_inflight`: 1024 (rumqttc's pkid space is 65535; brokers

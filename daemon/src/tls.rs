@@ -25,11 +25,11 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::ConfigError;
+use crate::limits::PEM_FILE_BYTES_MAX;
 
-/// Debian's (and Raspberry Pi OS's) bundle of public CA certificates, from `ca-certificates`.
+/// Debian's (and Raspberry Pi OS's) bundle of public CA certificates, from `ca-certificates`
+/// (which the Debian package recommends).
 pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
-/// A PEM file larger than this is refused: Debian's whole CA bundle is about 220 KB.
-const PEM_FILE_BYTES_MAX: u64 = 4 << 20;
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
@@ -75,6 +75,17 @@ fn certificates(
     Ok(certs)
 }
 
+/// A private key that any local user can read is worth a warning (not an error: the file
+/// is the operator's, and a read-only image may have it so on purpose).
+fn warn_if_readable_by_others(key: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Ok(meta) = std::fs::metadata(key) {
+        if meta.permissions().mode() & 0o004 != 0 {
+            tracing::warn!(file = %key.display(), "upstream.tls.key is readable by every user; chmod 0640 and chgrp edgecap");
+        }
+    }
+}
+
 /// Builds the client configuration from the CA file and, for mutual TLS, the client's
 /// certificate chain and private key (PEM: PKCS#8, PKCS#1 or SEC1).
 pub fn client_config(
@@ -82,12 +93,15 @@ pub fn client_config(
     client: Option<(&Path, &Path)>,
 ) -> Result<Arc<rustls::ClientConfig>, ConfigError> {
     let mut roots = rustls::RootCertStore::empty();
-    let (added, _ignored) = roots.add_parsable_certificates(certificates("upstream.tls.ca", ca)?);
+    let (added, ignored) = roots.add_parsable_certificates(certificates("upstream.tls.ca", ca)?);
     if added == 0 {
         return Err(invalid(
             "upstream.tls.ca",
             format!("{}: no usable CA certificate in it", ca.display()),
         ));
+    }
+    if ignored > 0 {
+        tracing::warn!(file = %ca.display(), ignored, added, "upstream.tls.ca: certificates that cannot be parsed are ignored");
     }
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -100,6 +114,7 @@ pub fn client_config(
         Some((cert, key)) => {
             let chain = certificates("upstream.tls.cert", cert)?;
             let pem = read_pem("upstream.tls.key", key)?;
+            warn_if_readable_by_others(key);
             let private = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
                 invalid(
                     "upstream.tls.key",
@@ -120,8 +135,8 @@ pub fn client_config(
 #[cfg(test)]
 mod tests {
     //! A real TLS 1.3 handshake between our client configuration and a rustls server, in
-    //! memory: these run under qemu-user for every Pi target too (cross/test-qemu.sh), so
-    //! ring's assembly is exercised on each architecture.
+    //! memory: these also run under qemu-user for aarch64 and armv7 (cross/test-qemu.sh); the
+    //! ARMv6 binary does real TLS in cross/build.sh's smoke.
 
     use std::io::{Read as _, Write as _};
     use std::path::PathBuf;
@@ -138,7 +153,14 @@ mod tests {
 
     impl Pki {
         fn new() -> Pki {
+            // Each CA its own name: two CAs with one name would fail as a bad signature, not
+            // as an unknown issuer.
+            static CAS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = CAS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, format!("test CA {n}"));
             params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
             let ca_key = rcgen::KeyPair::generate().unwrap();
             let ca = params.self_signed(&ca_key).unwrap();
@@ -170,27 +192,34 @@ mod tests {
 
         /// A server for `names`, requiring a client certificate from this CA.
         fn server(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
+            self.server_with(names, true)
+        }
+
+        /// A server for `names`; `client_auth`: it requires a client certificate from this CA.
+        fn server_with(&self, names: &[&str], client_auth: bool) -> Arc<rustls::ServerConfig> {
             let (cert, key) = self.leaf(names);
             let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add(self.ca.der().clone()).unwrap();
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider.clone(),
-            )
-            .build()
-            .unwrap();
+            let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .unwrap();
+            let builder = if client_auth {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(self.ca.der().clone()).unwrap();
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .unwrap();
+                builder.with_client_cert_verifier(verifier)
+            } else {
+                builder.with_no_client_auth()
+            };
             let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
                 .collect::<Result<Vec<_>, _>>()
                 .unwrap();
             let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-            let config = rustls::ServerConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_client_cert_verifier(verifier)
-                .with_single_cert(chain, key)
-                .unwrap();
-            Arc::new(config)
+            Arc::new(builder.with_single_cert(chain, key).unwrap())
         }
     }
 
@@ -281,13 +310,29 @@ mod tests {
         let client = (ours.file("c.pem", &cert), ours.file("c.key", &key));
         let config = client_config(&ours.ca_file(), Some((&client.0, &client.1))).unwrap();
 
-        let (result, _, _) = connect(config.clone(), theirs.server(&["127.0.0.1"]), "127.0.0.1");
-        let error = result.unwrap_err().to_string();
-        assert!(error.contains("certificate"), "{error}");
-
-        let (result, _, _) = connect(config, ours.server(&["broker.local"]), "10.0.0.1");
-        let error = result.unwrap_err().to_string();
-        assert!(error.contains("certificate"), "{error}");
+        // The servers ask for no client certificate, so any failure is our client refusing
+        // theirs.
+        let refused = |server, name| match connect(config.clone(), server, name).0 {
+            Err(rustls::Error::InvalidCertificate(why)) => why,
+            other => panic!("expected our client to refuse the broker, got {other:?}"),
+        };
+        assert_eq!(
+            refused(theirs.server_with(&["127.0.0.1"], false), "127.0.0.1"),
+            rustls::CertificateError::UnknownIssuer
+        );
+        assert!(matches!(
+            refused(ours.server_with(&["broker.local"], false), "10.0.0.1"),
+            rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. }
+        ));
+        // And a broker we trust is accepted by the same client.
+        connect(
+            config.clone(),
+            ours.server_with(&["10.0.0.1"], false),
+            "10.0.0.1",
+        )
+        .0
+        .unwrap();
     }
 
     #[test]

@@ -140,8 +140,16 @@ pub fn main(dir: &Path, at_seq: Option<u64>, at: Option<String>, json: bool) -> 
         state.to_table(&corrections)
     };
     // A closed stdout (`| head`) is not an error of ours: no panic, the exit code stands.
+    // Any other write error (a full disk under `> file`) is.
     let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Err(e) => {
+            eprintln!("edgecap: writing the state: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     if corrupt {
         ExitCode::FAILURE
     } else {
