@@ -45,13 +45,26 @@ fn mosquitto(dir: &Path, port: u16, persistent: bool, tls: Option<(u16, &Pki)>) 
         );
     }
     std::fs::write(&conf, text).unwrap();
-    let child = Command::new("mosquitto")
+    let mut command = Command::new("mosquitto");
+    command
         .arg("-c")
         .arg(&conf)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto installed");
+        .stderr(Stdio::null());
+    // The bench is built with panic = "abort", so no destructor would stop the broker after a
+    // failed assertion: the kernel does, when this process dies. Without it an orphaned
+    // broker keeps running (and keeps any inherited descriptor, a build lock say, open).
+    // SAFETY: prctl(2) is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt as _;
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn().expect("mosquitto installed");
     let deadline = Instant::now() + Duration::from_secs(10);
     for port in std::iter::once(port).chain(tls.map(|(p, _)| p)) {
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -74,6 +87,11 @@ struct Pki {
 impl Pki {
     fn new(dir: &Path) -> Pki {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        // A name of its own: with rcgen's default, the CA and its leaves would share one, and
+        // mosquitto (OpenSSL) would take the client certificate for a self-signed one.
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "edgecap bench CA");
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let ca = params.self_signed(&ca_key).unwrap();
