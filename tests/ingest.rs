@@ -13,6 +13,18 @@ use std::time::Duration;
 use serde_json::Value as Json;
 use support::*;
 
+/// Runs `edgecap publish --socket SOCK -` with `input` on stdin; returns its output.
+fn publish_stdin(sock: &str, input: &[u8]) -> std::process::Output {
+    let mut child = edgecap()
+        .args(["publish", "--socket", sock, "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 fn stored(daemon: &Daemon) -> Vec<Json> {
     daemon
         .dump()
@@ -271,19 +283,10 @@ fn cli_exit_codes() {
         code(&["publish", "--socket", sock, "--source", "bad source", "1"]),
         Some(1)
     );
-    let mut child = edgecap()
-        .args(["publish", "--socket", sock, "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"{\"source\":\"a\",\"value\":1}\n{\"source\":\"a\"}\n{\"source\":\"b\",\"value\":2,\"kind\":\"command\"}\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = publish_stdin(
+        sock,
+        b"{\"source\":\"a\",\"value\":1}\n{\"source\":\"a\"}\n{\"source\":\"b\",\"value\":2,\"kind\":\"command\"}\n",
+    );
     assert_eq!(out.status.code(), Some(1), "one rejected");
     let replies: Vec<Json> = String::from_utf8(out.stdout)
         .unwrap()
@@ -371,19 +374,7 @@ fn publish_takes_any_json_value_and_refuses_the_rest_with_a_reply_line() {
     );
 
     // A status request through `publish -` is a success.
-    let mut child = edgecap()
-        .args(["publish", "--socket", sock, "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"{\"op\":\"status\"}\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = publish_stdin(sock, b"{\"op\":\"status\"}\n");
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("durable_seq"));
 }
