@@ -1,9 +1,10 @@
 //! Cursors: named, persisted positions in the log ("forwarded through seq N").
 //!
-//! A cursor file `{name}.cursor` is 1024 bytes: two slots of one 512-byte sector each. An
-//! update writes the slot *not* holding the current value, with the next generation, and syncs.
-//! A torn update can damage only the slot being written, so the other slot still holds the
-//! previous value. Reading takes the valid slot with the higher generation.
+//! A cursor file `{name}.cursor` is 8192 bytes: two slots of one 4 KiB page each (format v2;
+//! v1 files of 1024 bytes with 512-byte slots are still read and rewritten as v2 on repair).
+//! An update writes the slot *not* holding the current value, with the next generation, and
+//! syncs. A torn or garbage write can damage only the page being written, so the other slot
+//! still holds the previous value. Reading takes the valid slot with the higher generation.
 //!
 //! Slot layout (**do not reorder fields**):
 //!
@@ -13,10 +14,11 @@
 //! 8       8     generation  u64 LE, increases by one per update; slot = generation % 2
 //! 16      8     seq         u64 LE, the cursor value
 //! 24      4     crc32       over bytes 0..24
-//! 28      484   zero
+//! 28      4068  zero (484 in a v1 file)
 //! ```
 
-use crate::limits::{CURSOR_NAME_BYTES_MAX, CURSOR_SLOT_BYTES};
+pub use crate::limits::CURSOR_SLOT_BYTES;
+use crate::limits::{CURSOR_NAME_BYTES_MAX, CURSOR_SLOT_BYTES_V1};
 use crate::medium::MediumFile;
 
 /// Magic bytes of a cursor slot.
@@ -25,6 +27,17 @@ pub const CURSOR_MAGIC: [u8; 8] = *b"EDGECAPC";
 pub const CURSOR_SUFFIX: &str = ".cursor";
 /// Length of a cursor file: two slots.
 pub const CURSOR_FILE_BYTES: u64 = 2 * CURSOR_SLOT_BYTES;
+/// Length of a v1 cursor file (two 512-byte slots): still read, rewritten as v2 on repair.
+pub const CURSOR_FILE_BYTES_V1: u64 = 2 * CURSOR_SLOT_BYTES_V1;
+
+/// Slot size of a cursor file of `len` bytes: 512 for a v1 file, else 4096.
+pub fn slot_bytes_for(len: u64) -> u64 {
+    if len == CURSOR_FILE_BYTES_V1 {
+        CURSOR_SLOT_BYTES_V1
+    } else {
+        CURSOR_SLOT_BYTES
+    }
+}
 
 /// Checks a cursor name: `[a-z0-9_-]{1,32}`.
 pub fn valid_cursor_name(name: &str) -> bool {
@@ -67,19 +80,25 @@ pub struct CursorRead {
     pub value: Option<(u64, u64)>,
     /// How many of the two slots failed their check (a torn or never-written slot).
     pub bad_slots: u8,
+    /// Slot size found (512: a v1 file).
+    pub slot_bytes: u64,
 }
 
 /// Reads both slots of a cursor file.
 pub fn read_cursor(file: &dyn MediumFile) -> std::io::Result<CursorRead> {
     let mut bad_slots = 0;
     let mut best: Option<(u64, u64)> = None;
+    let slot_bytes = slot_bytes_for(file.len());
     for slot in 0..2u64 {
-        let mut bytes = [0u8; CURSOR_SLOT_BYTES as usize];
-        if file.len() < (slot + 1) * CURSOR_SLOT_BYTES {
+        let mut bytes = [0u8; 28];
+        if file.len() < (slot + 1) * slot_bytes {
             bad_slots += 1;
             continue;
         }
-        file.read_at(slot * CURSOR_SLOT_BYTES, &mut bytes)?;
+        if file.read_uncached(slot * slot_bytes, &mut bytes).is_err() {
+            bad_slots += 1;
+            continue;
+        }
         match decode_slot(&bytes) {
             // A slot must sit where its generation says; otherwise it is not trusted.
             Some((generation, seq)) if generation % 2 == slot => {
@@ -93,6 +112,7 @@ pub fn read_cursor(file: &dyn MediumFile) -> std::io::Result<CursorRead> {
     Ok(CursorRead {
         value: best,
         bad_slots,
+        slot_bytes,
     })
 }
 
@@ -109,8 +129,10 @@ impl Cursor {
     pub fn store(&mut self, seq: u64) -> std::io::Result<()> {
         let generation = self.generation + 1;
         let slot = generation % 2;
-        self.file
-            .write_at(slot * CURSOR_SLOT_BYTES, &encode_slot(generation, seq))?;
+        self.file.write_at(
+            slot * CURSOR_SLOT_BYTES,
+            &encode_slot(generation, seq)[..28],
+        )?;
         self.file.sync()?;
         self.generation = generation;
         self.seq = seq;

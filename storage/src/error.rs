@@ -62,11 +62,11 @@ pub enum Error {
     #[error("invalid cursor name {0:?}")]
     InvalidCursorName(String),
     /// A cursor was moved past the last appended event.
-    #[error("cursor {name} cannot move to seq {seq}: last appended seq is {appended_seq}")]
+    #[error("cursor {name} cannot move to seq {seq}: last durable seq is {durable_seq}")]
     CursorAhead {
         name: String,
         seq: u64,
-        appended_seq: u64,
+        durable_seq: u64,
     },
 }
 

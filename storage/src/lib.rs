@@ -24,13 +24,16 @@ mod log;
 pub mod medium;
 pub mod record;
 mod recovery;
+mod scan;
 pub mod segment;
 mod sim;
+pub mod tail;
 
 pub use error::{Error, Result};
 pub use event::{source_from_str, Event, Kind, Source, Value};
 pub use log::{DropRecord, Log, LogOptions, LogStats, OnFull, Reader, LOCK_FILE_NAME};
 pub use recovery::{
     CursorReport, DamageReport, Progress, QuarantineReport, RecoveryReport, SeqRange, TailCut,
+    TailRestore, CUT_MAGIC, CUT_SUFFIX,
 };
 pub use sim::{CrashStats, SimMedium, SplitMix64};

@@ -7,8 +7,46 @@
 /// persist (or tear) per sector; see `FORMAT.md`, "Assumptions about the medium".
 pub const SECTOR_BYTES: u64 = 512;
 
-/// Segment header size: 64 bytes, fixed by the format (FORMAT.md). Data starts right after it.
+/// Segment header size: 64 bytes, fixed by the format (FORMAT.md).
 pub const SEGMENT_HEADER_BYTES: u64 = 64;
+
+/// The unit a non-powersafe medium may tear or fill with garbage when power fails mid-write:
+/// one 4 KiB page (SD cards and eMMC write whole pages or more). Format v2 keeps every
+/// acknowledged byte out of any page a later write touches (FORMAT.md, "Tail pages").
+pub const PAGE_BYTES: u64 = 4096;
+
+/// Where frames start in a v2 segment: 4096, so the header has page 0 to itself and no append
+/// ever rewrites the page holding it. Costs 4 KiB per segment (0.02 % of a default segment).
+pub const SEGMENT_DATA_START: u64 = PAGE_BYTES;
+
+/// Where frames start in a v1 segment (read only): right after the header.
+pub const SEGMENT_DATA_START_V1: u64 = SEGMENT_HEADER_BYTES;
+
+/// Tail-page slots at the end of every v2 segment: two, of two pages each (a slot holds its
+/// header and up to 4095 copied bytes). Each sync copies the page the next append will rewrite
+/// into the slot not holding the newest copy (FORMAT.md).
+pub const TAIL_SLOTS: u64 = 2;
+
+/// Bytes reserved at the end of a v2 segment for the tail-page slots: 16 KiB (0.1 % of a
+/// default segment).
+pub const SEGMENT_TRAILER_BYTES: u64 = TAIL_SLOTS * 2 * PAGE_BYTES;
+
+/// Header of one tail-page slot: magic 8, generation 8, page offset 8, proven seq 8, copied
+/// bytes 4, crc 4 = 40 bytes.
+pub const TAIL_SLOT_HEADER_BYTES: u64 = 40;
+
+/// Largest payload any reader accepts, whatever the append limit was: 1 MiB. The append limit
+/// (`record_bytes_max`) may be lowered between runs; frames written under a higher one must
+/// still read (FORMAT.md, "Record frame"). Bounds what a corrupt length field can make a
+/// reader allocate.
+pub const RECORD_PAYLOAD_BYTES_MAX_FORMAT: usize = 1024 * 1024;
+
+/// Most bytes one recovery keeps of what it cuts, in a `*.cut` side file: 1 MiB. A torn tail is
+/// at most the bytes appended since the last sync; anything longer keeps its first 1 MiB.
+pub const CUT_FILE_BYTES_MAX: u64 = 1024 * 1024;
+
+/// Most `*.cut` side files kept in a data directory: 8; the oldest is removed first.
+pub const CUT_FILES_MAX: usize = 8;
 
 /// Record frame header: length (4), CRC (4), seq (8) = 16 bytes.
 pub const FRAME_HEADER_BYTES: u64 = 16;
@@ -23,9 +61,9 @@ pub const FRAME_ALIGN_BYTES: u64 = 8;
 /// on a slow SD card.
 pub const SEGMENT_BYTES_DEFAULT: u64 = 16 * 1024 * 1024;
 
-/// Smallest allowed segment: 4 KiB. Only tests go this low (constant rotation); a device would
-/// waste its time creating files.
-pub const SEGMENT_BYTES_MIN: u64 = 4 * 1024;
+/// Smallest allowed segment: 24 KiB (a header page, one data page, two tail-page slots). Only
+/// tests go this low (constant rotation); a device would waste its time creating files.
+pub const SEGMENT_BYTES_MIN: u64 = SEGMENT_DATA_START + PAGE_BYTES + SEGMENT_TRAILER_BYTES;
 
 /// Largest allowed segment: 1 GiB. Each segment is mapped whole; on 32-bit ARM the address
 /// space (3 GiB) is the real limit, so this keeps a budget's worth of maps well inside it.
@@ -50,8 +88,12 @@ pub const SOURCE_BYTES_MAX: usize = 64;
 /// Longest cursor name, in bytes: 32.
 pub const CURSOR_NAME_BYTES_MAX: usize = 32;
 
-/// Cursor file: two slots of one sector each, so a torn update can damage only one slot.
-pub const CURSOR_SLOT_BYTES: u64 = SECTOR_BYTES;
+/// Cursor file: two slots of one page each, so a torn (even garbage) write of the page being
+/// updated cannot damage the other slot. v1 files used 512-byte slots (`CURSOR_SLOT_BYTES_V1`).
+pub const CURSOR_SLOT_BYTES: u64 = PAGE_BYTES;
+
+/// Slot size of a v1 cursor file (1024 bytes long), still read; rewritten as v2 on repair.
+pub const CURSOR_SLOT_BYTES_V1: u64 = SECTOR_BYTES;
 
 /// Chunk used to zero-fill segments and torn tails: 64 KiB, a bounded buffer.
 pub const ZERO_CHUNK_BYTES: usize = 64 * 1024;
@@ -72,3 +114,7 @@ const _: () = assert!(
         <= SEGMENT_BYTES_DEFAULT
 );
 const _: () = assert!(ZERO_CHUNK_BYTES as u64 % SECTOR_BYTES == 0);
+const _: () = assert!(SEGMENT_DATA_START % PAGE_BYTES == 0);
+const _: () = assert!(SEGMENT_BYTES_MIN % PAGE_BYTES == 0);
+const _: () = assert!(TAIL_SLOT_HEADER_BYTES % FRAME_ALIGN_BYTES == 0);
+const _: () = assert!(RECORD_PAYLOAD_BYTES_MAX_DEFAULT <= RECORD_PAYLOAD_BYTES_MAX_FORMAT);

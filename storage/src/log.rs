@@ -26,14 +26,16 @@ use crate::cursor::{encode_slot, valid_cursor_name, Cursor, CURSOR_FILE_BYTES, C
 use crate::error::{Error, IoContext, Result};
 use crate::event::Event;
 use crate::limits::{
-    CURSORS_MAX, DISK_BYTES_MAX_DEFAULT, FRAME_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX_DEFAULT,
-    SECTOR_BYTES, SEGMENTS_IN_BUDGET_MIN, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX,
-    SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES,
+    CURSORS_MAX, DISK_BYTES_MAX_DEFAULT, FRAME_ALIGN_BYTES, FRAME_HEADER_BYTES, PAGE_BYTES,
+    RECORD_PAYLOAD_BYTES_MAX_DEFAULT, RECORD_PAYLOAD_BYTES_MAX_FORMAT, SEGMENTS_IN_BUDGET_MIN,
+    SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, SEGMENT_DATA_START,
+    SEGMENT_TRAILER_BYTES,
 };
 use crate::medium::{FsMedium, Medium};
 use crate::record::{encode_frame, frame_bytes};
 use crate::recovery::{is_log_file, recover, Progress, RecoveryReport, SeqRange};
-use crate::segment::{read_frame, segment_name, FrameRead, Segment, SegmentHeader};
+use crate::scan::{read_frame, resync, FrameRead, Window};
+use crate::segment::{segment_name, Segment, SegmentHeader, FORMAT_VERSION};
 
 /// Name of the writer's lock file inside the data directory.
 pub const LOCK_FILE_NAME: &str = "LOCK";
@@ -83,10 +85,10 @@ impl LogOptions {
                 ),
             );
         }
-        if self.segment_bytes % SECTOR_BYTES != 0 {
+        if self.segment_bytes % PAGE_BYTES != 0 {
             return invalid(
                 "segment_size",
-                format!("{} is not a multiple of {SECTOR_BYTES}", self.segment_bytes),
+                format!("{} is not a multiple of {PAGE_BYTES}", self.segment_bytes),
             );
         }
         if self.disk_bytes_max < SEGMENTS_IN_BUDGET_MIN * self.segment_bytes {
@@ -99,7 +101,9 @@ impl LogOptions {
             );
         }
         if self.record_bytes_max == 0
-            || SEGMENT_HEADER_BYTES + frame_bytes(self.record_bytes_max) > self.segment_bytes
+            || self.record_bytes_max > RECORD_PAYLOAD_BYTES_MAX_FORMAT
+            || SEGMENT_DATA_START + frame_bytes(self.record_bytes_max) + SEGMENT_TRAILER_BYTES
+                > self.segment_bytes
         {
             return invalid(
                 "record_bytes_max",
@@ -289,12 +293,12 @@ impl Log {
         };
         let frame_len = frame_bytes(payload_bytes);
         let mut active = self.active_segment();
-        if active.end_offset() + frame_len > active.file.len() {
+        if active.end_offset() + frame_len > active.data_end {
             self.rotate(&mut writer)?;
             active = self.active_segment();
         }
         let offset = active.end_offset();
-        assert!(offset + frame_len <= active.file.len());
+        assert!(active.appendable() && offset + frame_len <= active.data_end);
         let Writer { payload, frame, .. } = &mut *writer;
         frame.clear();
         encode_frame(seq, &payload[..payload_bytes], frame);
@@ -322,21 +326,30 @@ impl Log {
             return Ok(());
         }
         self.check_poison()?;
-        let (target, active) = {
+        let (target, active, end) = {
             let _writer = lock(&shared.writer);
-            (
-                shared.appended_seq.load(Ordering::Acquire),
-                self.active_segment(),
-            )
+            let active = self.active_segment();
+            let end = active.end_offset();
+            (shared.appended_seq.load(Ordering::Acquire), active, end)
         };
         assert!(seq <= target, "sync_through({seq}) past appended {target}");
-        shared.syncs.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = active.file.sync() {
-            let message = format!("fdatasync of {} failed: {e}", active.name);
+        self.sync_segment(&active, end)?;
+        self.set_durable(target);
+        Ok(())
+    }
+
+    /// Copies the tail page (the acked prefix the next append will rewrite) into the segment's
+    /// other tail-page slot, then fdatasyncs: frames and copy become durable together. A
+    /// failure poisons the writer.
+    fn sync_segment(&self, segment: &Segment, end: u64) -> Result<()> {
+        self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+        let result = crate::tail::write_copy(segment, end, self.durable_seq())
+            .and_then(|()| segment.file.sync());
+        if let Err(e) = result {
+            let message = format!("fdatasync of {} failed: {e}", segment.name);
             self.poison(message.clone());
             return Err(Error::Poisoned(message));
         }
-        self.set_durable(target);
         Ok(())
     }
 
@@ -410,12 +423,13 @@ impl Log {
             return Err(Error::InvalidCursorName(name.to_string()));
         }
         self.check_poison()?;
-        let appended_seq = self.appended_seq();
-        if seq > appended_seq {
+        // A cursor is proof of durability to recovery (FORMAT.md): never past the durable seq.
+        let durable_seq = self.durable_seq();
+        if seq > durable_seq {
             return Err(Error::CursorAhead {
                 name: name.to_string(),
                 seq,
-                appended_seq,
+                durable_seq,
             });
         }
         let mut cursors = lock(&shared.cursors);
@@ -519,11 +533,7 @@ impl Log {
     fn rotate(&self, writer: &mut Writer) -> Result<()> {
         let shared = &*self.shared;
         let active = self.active_segment();
-        if let Err(e) = active.file.sync() {
-            let message = format!("fdatasync of {} failed: {e}", active.name);
-            self.poison(message.clone());
-            return Err(Error::Poisoned(message));
-        }
+        self.sync_segment(&active, active.end_offset())?;
         self.set_durable(shared.appended_seq.load(Ordering::Acquire));
         self.make_room()?;
         let segment = create_segment(&*shared.medium, &shared.options, writer.next_seq)?;
@@ -590,6 +600,7 @@ impl Log {
 fn create_segment(medium: &dyn Medium, options: &LogOptions, first_seq: u64) -> Result<Segment> {
     let name = segment_name(first_seq);
     let header = SegmentHeader {
+        version: FORMAT_VERSION,
         first_seq,
         segment_bytes: options.segment_bytes,
         created_wall_ms: std::time::SystemTime::now()
@@ -600,7 +611,7 @@ fn create_segment(medium: &dyn Medium, options: &LogOptions, first_seq: u64) -> 
     let file = medium
         .create(&name, options.segment_bytes, &header.encode())
         .context(|| format!("creating segment {name}"))?;
-    Ok(Segment::new(name, first_seq, file))
+    Ok(Segment::new(name, &header, file))
 }
 
 /// Iterates durable events in seq order, verifying every CRC. Seqs that are not stored
@@ -619,11 +630,14 @@ impl Reader {
         self.next_seq
     }
 
-    /// Locates `next_seq`: the segment holding it and the offset of its frame.
+    /// Locates `next_seq`: the segment holding it and the offset of its frame. Jumps seqs that
+    /// are not stored (released, dropped, holes left by damage).
     fn locate(&mut self) -> Option<(Arc<Segment>, u64)> {
         loop {
             if let Some((segment, offset)) = &self.position {
-                if segment.first_seq <= self.next_seq && self.next_seq <= segment.last_seq() {
+                let inside =
+                    segment.first_seq <= self.next_seq && self.next_seq <= segment.last_seq();
+                if inside && segment.hole_at(self.next_seq).is_none() {
                     return Some((segment.clone(), *offset));
                 }
             }
@@ -645,11 +659,16 @@ impl Reader {
                 continue;
             }
             drop(segments);
+            if let Some(hole) = segment.hole_at(self.next_seq) {
+                self.next_seq = hole.to + 1;
+                self.position = None;
+                continue;
+            }
             let (mut seq, mut offset) = segment.seek_point(self.next_seq);
-            let limit = self.shared.options.record_bytes_max;
+            let mut window = Window::hot(&*segment.file);
             while seq < self.next_seq {
-                match read_frame(&*segment.file, offset, seq, limit) {
-                    Ok(FrameRead::Frame { next_offset, .. }) => {
+                match read_frame(&mut window, offset, segment.data_end, seq) {
+                    FrameRead::Frame { next_offset, .. } => {
                         offset = next_offset;
                         seq += 1;
                     }
@@ -664,52 +683,81 @@ impl Reader {
             return Some((segment, offset));
         }
     }
+
+    /// After a bad frame of `seq` at `offset`: finds the next good frame in the segment, marks
+    /// the seqs between as a hole (so every reader jumps them), and moves there.
+    fn skip_damage(&mut self, segment: &Arc<Segment>, offset: u64, seq: u64) -> SeqRange {
+        let last = segment.last_seq();
+        let mut window = Window::hot(&*segment.file);
+        let found = (seq < last)
+            .then(|| {
+                resync(
+                    &mut window,
+                    offset + FRAME_ALIGN_BYTES,
+                    segment.end_offset(),
+                    seq + 1..=last,
+                )
+            })
+            .flatten();
+        match found {
+            Some(found) => {
+                let lost = SeqRange {
+                    from: seq,
+                    to: found.seq - 1,
+                };
+                segment.note_read_damage(lost, Some(found.offset));
+                self.position = Some((segment.clone(), found.offset));
+                self.next_seq = found.seq;
+                lost
+            }
+            None => {
+                let lost = SeqRange {
+                    from: seq,
+                    to: last.max(seq),
+                };
+                segment.note_read_damage(lost, None);
+                self.position = None;
+                self.next_seq = lost.to + 1;
+                lost
+            }
+        }
+    }
 }
 
 impl Iterator for Reader {
     type Item = Result<Event>;
 
     fn next(&mut self) -> Option<Result<Event>> {
-        if self.next_seq > self.shared.durable_seq.load(Ordering::Acquire) {
+        let (segment, offset) = self.locate()?;
+        // Durability is checked after locate: it may have jumped a gap to a later seq.
+        let seq = self.next_seq;
+        if seq > self.shared.durable_seq.load(Ordering::Acquire) {
             return None;
         }
-        let (segment, offset) = self.locate()?;
-        let seq = self.next_seq;
-        let corrupt = |reason: String| Error::Corrupt {
-            segment: segment.name.clone(),
-            offset,
-            expected_seq: seq,
-            reason,
-        };
-        let result = match read_frame(
-            &*segment.file,
-            offset,
-            seq,
-            self.shared.options.record_bytes_max,
-        ) {
-            Ok(FrameRead::Frame {
+        let mut window = Window::hot(&*segment.file);
+        let reason = match read_frame(&mut window, offset, segment.data_end, seq) {
+            FrameRead::Frame {
                 payload,
                 next_offset,
-            }) => match postcard::from_bytes::<Event>(&payload) {
+            } => match postcard::from_bytes::<Event>(&payload) {
                 Ok(event) if event.seq == seq => {
                     assert!(payload.len() as u64 + FRAME_HEADER_BYTES <= next_offset - offset);
                     self.position = Some((segment.clone(), next_offset));
                     self.next_seq = seq + 1;
                     return Some(Ok(event));
                 }
-                Ok(event) => corrupt(format!("payload seq {} in frame {seq}", event.seq)),
-                Err(e) => corrupt(format!("payload does not decode: {e}")),
+                Ok(event) => format!("payload seq {} in frame {seq}", event.seq),
+                Err(e) => format!("payload does not decode: {e}"),
             },
-            Ok(FrameRead::End) => corrupt("unexpected end of data".into()),
-            Ok(FrameRead::Bad(reason)) => corrupt(reason),
-            Err(e) => Error::Io {
-                context: format!("reading {}", segment.name),
-                source: e,
-            },
+            FrameRead::End => "unexpected end of data".into(),
+            FrameRead::Bad(reason) => reason,
         };
-        // Skip the rest of this segment: its frames cannot be trusted past a bad one.
-        self.next_seq = segment.last_seq().max(seq) + 1;
-        self.position = None;
-        Some(Err(result))
+        let lost = self.skip_damage(&segment, offset, seq);
+        Some(Err(Error::Corrupt {
+            segment: segment.name.clone(),
+            offset,
+            expected_seq: seq,
+            reason: format!("{reason}; seqs {}..={} unreadable", lost.from, lost.to),
+        }))
     }
 }

@@ -45,6 +45,11 @@ pub trait Medium: Send + Sync + std::fmt::Debug {
     fn lock_exclusive(&self) -> io::Result<bool>;
     /// Human-readable location, for messages.
     fn location(&self) -> PathBuf;
+    /// Why the file system under this medium breaks an assumption of the format, if it does
+    /// (FORMAT.md, "Assumptions about the medium").
+    fn filesystem_warning(&self) -> Option<String> {
+        None
+    }
 }
 
 /// One file of a [`Medium`].
@@ -55,8 +60,13 @@ pub trait MediumFile: Send + Sync + std::fmt::Debug {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Copies `buf.len()` bytes at `offset` into `buf`.
+    /// Copies `buf.len()` bytes at `offset` into `buf` (hot path: the real medium reads its map).
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Like `read_at`, but an unreadable sector is an error value, never a SIGBUS: the real
+    /// medium uses `pread`. Recovery and `verify` read only through this.
+    fn read_uncached(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.read_at(offset, buf)
+    }
     /// Writes `data` at `offset`. Not durable until [`MediumFile::sync`] returns `Ok`.
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
     /// Makes every completed write durable (`fdatasync`). After an error nothing is known about
@@ -171,29 +181,118 @@ impl Medium for FsMedium {
     fn location(&self) -> PathBuf {
         self.dir.clone()
     }
+
+    fn filesystem_warning(&self) -> Option<String> {
+        filesystem_warning(&self.dir)
+    }
 }
 
-/// A real file: written with `pwrite`, synced with `fdatasync`, read through a shared map.
+/// `statfs` magic numbers of file systems that do not overwrite in place (copy-on-write or
+/// log-structured): a preallocated file can still hit ENOSPC on an overwrite, and `fdatasync`
+/// must commit metadata for every write.
+const NOT_IN_PLACE: [(i64, &str); 3] = [
+    (0x9123_683E, "btrfs"),
+    (0xF2F5_2010, "f2fs"),
+    (0x2FC1_2FC1, "zfs"),
+];
+
+fn filesystem_warning(dir: &Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statfs fills the zeroed struct we pass; the path is a valid C string.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    #[allow(clippy::unnecessary_cast)]
+    let kind = stat.f_type as i64;
+    NOT_IN_PLACE.iter().find(|(magic, _)| *magic == kind).map(|(_, name)| {
+        format!(
+            "{} is on {name}, which does not overwrite in place: preallocation does not \
+             rule out ENOSPC and every sync commits metadata; use ext4 or xfs for the data directory",
+            dir.display()
+        )
+    })
+}
+
+/// Address space the real medium may map at once: 1 GiB on 32-bit targets (a 3 GiB user
+/// address space), 64 GiB on 64-bit ones. Files opened past it are read with `pread`.
+const MAP_BYTES_BUDGET: u64 = if cfg!(target_pointer_width = "32") {
+    1 << 30
+} else {
+    64 << 30
+};
+
+static MAPPED_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Bytes currently mapped by the real medium (for tests and status).
+pub fn mapped_bytes() -> u64 {
+    MAPPED_BYTES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A real file: written with `pwrite`, synced with `fdatasync`, read through a shared map made
+/// on the first hot read (recovery reads with `pread` and maps nothing), while the process-wide
+/// map budget allows; past it, hot reads use `pread` too.
 #[derive(Debug)]
 struct FsFile {
     file: File,
-    map: Option<Mmap>,
+    map: std::sync::OnceLock<Option<Mmap>>,
     len: u64,
 }
 
 impl FsFile {
     fn new(file: File) -> io::Result<FsFile> {
         let len = file.metadata()?.len();
-        let map = if len == 0 {
-            None
-        } else {
-            // SAFETY: the map is read-only. The file may change underneath it (the writer
-            // pwrites, recovery zeroes); readers copy bytes out and check every CRC before
-            // trusting them, and in-process readers only read ranges that are durable and
-            // never written again.
-            Some(unsafe { Mmap::map(&file)? })
-        };
-        Ok(FsFile { file, map, len })
+        Ok(FsFile {
+            file,
+            map: std::sync::OnceLock::new(),
+            len,
+        })
+    }
+
+    fn map(&self) -> Option<&Mmap> {
+        self.map
+            .get_or_init(|| {
+                use std::sync::atomic::Ordering;
+                if self.len == 0 {
+                    return None;
+                }
+                let before = MAPPED_BYTES.fetch_add(self.len, Ordering::AcqRel);
+                if before + self.len > MAP_BYTES_BUDGET {
+                    MAPPED_BYTES.fetch_sub(self.len, Ordering::AcqRel);
+                    return None;
+                }
+                // SAFETY: the map is read-only. The file may change underneath it (the writer
+                // pwrites, recovery zeroes); readers copy bytes out and check every CRC before
+                // trusting them, and in-process readers only read ranges that are durable and
+                // never written again.
+                match unsafe { Mmap::map(&self.file) } {
+                    Ok(map) => Some(map),
+                    Err(_) => {
+                        MAPPED_BYTES.fetch_sub(self.len, Ordering::AcqRel);
+                        None
+                    }
+                }
+            })
+            .as_ref()
+    }
+
+    fn check_range(&self, offset: u64, len: usize) -> io::Result<()> {
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("read of {len} bytes at {offset} past end {}", self.len),
+            )),
+        }
+    }
+}
+
+impl Drop for FsFile {
+    fn drop(&mut self) {
+        if let Some(Some(_)) = self.map.get() {
+            MAPPED_BYTES.fetch_sub(self.len, std::sync::atomic::Ordering::AcqRel);
+        }
     }
 }
 
@@ -203,23 +302,26 @@ impl MediumFile for FsFile {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let end = offset.checked_add(buf.len() as u64);
-        match (&self.map, end) {
-            (Some(map), Some(end)) if end <= self.len => {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.check_range(offset, buf.len())?;
+        match self.map() {
+            Some(map) => {
                 let start = usize::try_from(offset).map_err(io::Error::other)?;
                 buf.copy_from_slice(&map[start..start + buf.len()]);
                 Ok(())
             }
-            _ if buf.is_empty() => Ok(()),
-            _ => Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "read of {} bytes at {offset} past end {}",
-                    buf.len(),
-                    self.len
-                ),
-            )),
+            None => self.file.read_exact_at(buf, offset),
         }
+    }
+
+    fn read_uncached(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.check_range(offset, buf.len())?;
+        self.file.read_exact_at(buf, offset)
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
@@ -238,5 +340,27 @@ impl MediumFile for FsFile {
 
     fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+}
+
+/// A file with no bytes that refuses every write: a placeholder while a handle is moved.
+#[derive(Debug)]
+pub(crate) struct NoFile;
+
+impl MediumFile for NoFile {
+    fn len(&self) -> u64 {
+        0
+    }
+
+    fn read_at(&self, _offset: u64, _buf: &mut [u8]) -> io::Result<()> {
+        Err(io::Error::other("no file"))
+    }
+
+    fn write_at(&self, _offset: u64, _data: &[u8]) -> io::Result<()> {
+        Err(io::Error::other("no file"))
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        Ok(())
     }
 }

@@ -1,24 +1,21 @@
 //! Recovery: what `open` does before the first append, and what `verify` does without writing.
 //!
-//! The algorithm (FORMAT.md, "Recovery", says the same):
-//! 1. Remove `*.tmp` files: segments whose creation never reached its rename.
-//! 2. Check every segment header (magic, version, CRC, `first_seq` equal to the file name,
-//!    `segment_bytes` equal to the file length). A bad one is renamed `*.seg.quarantine`; its
-//!    frames are still scanned (ignoring the header) only to learn the highest seq it held, so
-//!    no seq is ever reused.
-//! 3. Scan every good segment's frames from its header, expecting `first_seq`, `first_seq + 1`,
-//!    …; stop at the first frame with a zero length (end), an impossible length, a bad CRC, or an
-//!    unexpected seq (stale bytes of an earlier write).
-//! 4. In the **last** segment, anything non-zero after that point is a torn tail from a power
-//!    cut: it is zeroed and synced, and reported (bytes, records). In an **older** segment it is
-//!    damage (the medium changed bytes that were once synced): the segment keeps serving its good
-//!    prefix and the report names the seq range lost. Nothing loops and nothing panics.
-//! 5. Read every cursor; a torn slot falls back to the other slot and is rewritten.
-//! 6. The next seq is one past the highest seq ever seen: in segments, quarantined segments and
-//!    cursors. If that leaves a gap after the last segment (a cursor ahead of the log), a new
-//!    segment starts at the next seq and the gap is reported.
+//! The phases are FORMAT.md's ("Recovery"), one function each:
+//! 1. [`list`]: remove `*.tmp` files; sort the rest into segments, quarantine files, cursors.
+//! 2. [`read_cursors`]: a cursor is proof that every seq up to it was durable once.
+//! 3. [`scan_quarantined`]: learn the highest seq of files set aside earlier (no seq reuse).
+//! 4. [`open_segment`]: check each header; rebuild one whose damage is only informational
+//!    (name and length say the rest); quarantine one that cannot be trusted.
+//! 5. [`restore_tail_pages`]: put back a page prefix torn by a later write from its copy.
+//! 6. [`scan_frames`]: one frame scanner; after a bad frame at or below the proof point,
+//!    resync on the next CRC-valid frame with a plausible seq and serve what follows.
+//! 7. [`classify`]: in the last segment, bytes past every proof of durability are a torn
+//!    tail: kept in a `*.cut` side file, then zeroed; anything else bad is damage, kept.
+//! 8. [`redirty`]: bytes past the proof point are written again and synced before they are
+//!    called durable (a failed sync earlier in this boot may have left them only in the cache).
+//! 9. [`finish`]: the next seq goes past every seq ever seen; gaps are reported.
 //!
-//! Only this module truncates or zeroes bytes, and only in repair mode.
+//! Only this module zeroes bytes, and only in repair mode and only past every proof.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,16 +23,22 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::cursor::{
-    encode_slot, read_cursor, valid_cursor_name, Cursor, CURSOR_FILE_BYTES, CURSOR_SUFFIX,
+    encode_slot, read_cursor, valid_cursor_name, Cursor, CURSOR_FILE_BYTES, CURSOR_SLOT_BYTES,
+    CURSOR_SUFFIX,
 };
-use crate::error::{IoContext, Result};
-use crate::limits::{SEGMENT_HEADER_BYTES, ZERO_CHUNK_BYTES};
+use crate::error::{Error, IoContext, Result};
+use crate::limits::{
+    CUT_FILES_MAX, CUT_FILE_BYTES_MAX, FRAME_ALIGN_BYTES, FRAME_HEADER_BYTES, PAGE_BYTES,
+    SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES, ZERO_CHUNK_BYTES,
+};
 use crate::log::LogOptions;
-use crate::medium::Medium;
+use crate::medium::{Medium, MediumFile};
+use crate::scan::{read_frame, resync, valid_frames_in, FrameRead, Window};
 use crate::segment::{
-    count_valid_frames, last_nonzero_end, parse_segment_name, read_frame, Damage, FrameRead,
-    Segment, SegmentHeader, QUARANTINE_SUFFIX, SEGMENT_SUFFIX,
+    last_nonzero_end, parse_segment_name, Damage, Segment, SegmentHeader, FORMAT_VERSION,
+    QUARANTINE_SUFFIX, SEGMENT_SUFFIX,
 };
+use crate::tail::{read_slots, TailSlot};
 
 /// An inclusive range of seqs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -56,6 +59,18 @@ pub struct TailCut {
     pub records: u64,
     /// Why the scan stopped.
     pub reason: String,
+    /// Highest seq among the cut frames, if any: the next seq goes past it (never reused).
+    pub highest_seq: Option<u64>,
+    /// The `*.cut` side file holding the cut bytes (at most 1 MiB of them), in repair mode.
+    pub kept_in: Option<String>,
+}
+
+/// A page prefix torn by a later write and put back from its tail-page copy: nothing lost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TailRestore {
+    pub segment: String,
+    pub offset: u64,
+    pub bytes: u64,
 }
 
 /// Damage inside an older segment.
@@ -104,8 +119,17 @@ pub struct RecoveryReport {
     pub quarantined: Vec<QuarantineReport>,
     pub cursors: Vec<CursorReport>,
     pub removed_temp_files: Vec<String>,
-    /// Seq ranges with no record, not caused by damage (dropped segments, a cursor ahead).
+    /// Seq ranges with no record, not caused by damage (dropped segments, a cursor ahead,
+    /// seqs of cut frames that are never reused).
     pub gaps: Vec<SeqRange>,
+    /// Seqs before the oldest stored one (released or dropped by retention), if any.
+    pub front_gap: Option<SeqRange>,
+    /// Page prefixes restored from tail-page copies.
+    pub tail_restored: Vec<TailRestore>,
+    /// Segments in format v1: read, never appended to.
+    pub v1_segments: usize,
+    /// Assumptions of the format the medium does not meet (e.g. a copy-on-write file system).
+    pub warnings: Vec<String>,
 }
 
 impl RecoveryReport {
@@ -117,6 +141,12 @@ impl RecoveryReport {
     /// One human sentence per problem found.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
+        for r in &self.tail_restored {
+            out.push(format!(
+                "torn page in {} at offset {}: {} bytes restored from its tail-page copy (nothing lost)",
+                r.segment, r.offset, r.bytes
+            ));
+        }
         if let Some(cut) = &self.tail_cut {
             out.push(format!(
                 "torn tail in {} at offset {}: {} bytes, {} records ({})",
@@ -156,8 +186,8 @@ impl RecoveryReport {
 #[derive(Debug)]
 pub(crate) struct Recovered {
     pub segments: Vec<Arc<Segment>>,
-    /// Appends must not continue in the last good segment (its tail is damage, not a torn
-    /// tail, so it was not zeroed): start a new segment.
+    /// Appends must not continue in the last good segment (damaged, v1, or followed by a
+    /// quarantined file): start a new segment.
     pub needs_new_segment: bool,
     pub cursors: BTreeMap<String, Cursor>,
     pub next_seq: u64,
@@ -167,271 +197,101 @@ pub(crate) struct Recovered {
 /// Progress callback: (bytes done, bytes total).
 pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
 
+/// What one recovery run knows while it goes.
+struct Run<'a> {
+    medium: &'a dyn Medium,
+    repair: bool,
+    report: RecoveryReport,
+    /// Highest seq known to have been used.
+    seq_floor: u64,
+    quarantined_firsts: Vec<u64>,
+    cut_files: Vec<String>,
+}
+
+impl Run<'_> {
+    fn at(&self, what: &str) -> String {
+        format!("{what} in {}", self.medium.location().display())
+    }
+}
+
+/// The data directory's files, sorted by kind.
+#[derive(Default)]
+struct Listing {
+    segments: Vec<(u64, String)>,
+    quarantined: Vec<(u64, String)>,
+    cursors: Vec<String>,
+}
+
+/// Suffix of the side files that keep what a tail cut zeroed.
+pub const CUT_SUFFIX: &str = ".cut";
+
 /// Scans (and in `repair` mode, repairs) the medium. See the module docs.
 pub(crate) fn recover(
     medium: &dyn Medium,
-    options: &LogOptions,
+    _options: &LogOptions,
     repair: bool,
     progress: Progress<'_>,
 ) -> Result<Recovered> {
-    let location = medium.location();
-    let where_ = |what: &str| format!("{what} in {}", location.display());
-    let mut report = RecoveryReport {
-        repaired: repair,
-        ..RecoveryReport::default()
+    let mut run = Run {
+        medium,
+        repair,
+        report: RecoveryReport {
+            repaired: repair,
+            ..RecoveryReport::default()
+        },
+        seq_floor: 0,
+        quarantined_firsts: Vec::new(),
+        cut_files: Vec::new(),
     };
-    let names = medium.list().context(|| where_("listing"))?;
+    run.report.warnings.extend(medium.filesystem_warning());
+    let listing = list(&mut run)?;
+    let (cursors, cursor_max) = read_cursors(&mut run, &listing.cursors)?;
+    scan_quarantined(&mut run, &listing.quarantined)?;
+    let segments = scan_segments(&mut run, &listing.segments, cursor_max, progress)?;
+    finish(run, segments, cursors, cursor_max)
+}
 
-    let mut segment_names: Vec<(u64, String)> = Vec::new();
-    let mut cursor_names = Vec::new();
-    let mut seq_floor = 0u64; // highest seq known to have been used
-    let mut quarantined_firsts: Vec<u64> = Vec::new();
+/// Phase 1: remove temp files, sort the rest.
+fn list(run: &mut Run<'_>) -> Result<Listing> {
+    let names = run.medium.list().context(|| run.at("listing"))?;
+    let mut listing = Listing::default();
     for name in names {
         if name.ends_with(".tmp") {
-            if repair {
-                medium
+            if run.repair {
+                run.medium
                     .remove(&name)
-                    .context(|| where_(&format!("removing {name}")))?;
+                    .context(|| run.at(&format!("removing {name}")))?;
             }
-            report.removed_temp_files.push(name);
+            run.report.removed_temp_files.push(name);
         } else if let Some(first_seq) = parse_segment_name(&name) {
-            segment_names.push((first_seq, name));
+            listing.segments.push((first_seq, name));
         } else if let Some(digits) = name.strip_suffix(QUARANTINE_SUFFIX) {
-            // Set aside by an earlier open: still learn the highest seq it held, so a crash
-            // between quarantine and the next segment's creation can never reuse seqs.
             if let Ok(first_seq) = digits.parse::<u64>() {
-                seq_floor = seq_floor.max(first_seq.saturating_sub(1));
-                let file = medium
-                    .open(&name, false)
-                    .context(|| where_(&format!("opening {name}")))?;
-                let max_seq = max_frame_seq(&*file, options.record_bytes_max)
-                    .context(|| where_(&format!("scanning {name}")))?;
-                seq_floor = seq_floor.max(max_seq.unwrap_or(0));
-                quarantined_firsts.push(first_seq);
+                listing.quarantined.push((first_seq, name));
             }
         } else if let Some(cursor) = name.strip_suffix(CURSOR_SUFFIX) {
-            cursor_names.push(cursor.to_string());
+            listing.cursors.push(cursor.to_string());
+        } else if name.ends_with(CUT_SUFFIX) {
+            run.cut_files.push(name);
         }
     }
-    segment_names.sort();
+    listing.segments.sort();
+    run.cut_files.sort();
+    Ok(listing)
+}
 
-    let mut total_bytes = 0u64;
-    let mut files = Vec::new();
-    for (first_seq, name) in &segment_names {
-        let file = medium
-            .open(name, repair)
-            .context(|| where_(&format!("opening {name}")))?;
-        total_bytes += file.len();
-        files.push((*first_seq, name.clone(), file));
-    }
-
-    // Pass 1: headers and frames.
-    struct Scanned {
-        segment: Segment,
-        stop_reason: Option<String>,
-        dirty_end: Option<u64>,
-    }
-    let mut scanned: Vec<Scanned> = Vec::new();
-    // (index of the next good segment, index in report.quarantined) of each quarantine.
-    let mut quarantined_before: Vec<(usize, usize)> = Vec::new();
-    let file_count = files.len();
-    let mut last_file_quarantined = false;
-    for (position, (first_seq, name, file)) in files.into_iter().enumerate() {
-        let is_last_file = position + 1 == file_count;
-        let mut header_bytes = vec![0u8; SEGMENT_HEADER_BYTES as usize];
-        let header = if file.len() < SEGMENT_HEADER_BYTES {
-            Err(format!(
-                "file is {} bytes, shorter than a header",
-                file.len()
-            ))
-        } else {
-            file.read_at(0, &mut header_bytes)
-                .context(|| where_(&format!("reading {name}")))?;
-            SegmentHeader::decode(&header_bytes).and_then(|h| {
-                if h.first_seq != first_seq {
-                    Err(format!(
-                        "header first_seq {} differs from name",
-                        h.first_seq
-                    ))
-                } else if h.segment_bytes != file.len() {
-                    Err(format!(
-                        "header says {} bytes, file has {}",
-                        h.segment_bytes,
-                        file.len()
-                    ))
-                } else {
-                    Ok(h)
-                }
-            })
-        };
-        let header = match header {
-            Ok(h) => h,
-            Err(reason) => {
-                // Learn the highest seq it held from CRC-valid frames, ignoring the header.
-                let max_seq = max_frame_seq(&*file, options.record_bytes_max)
-                    .context(|| where_(&format!("scanning {name}")))?;
-                seq_floor = seq_floor.max(max_seq.unwrap_or(0));
-                let lost = max_seq.map(|to| SeqRange {
-                    from: first_seq,
-                    to,
-                });
-                if repair {
-                    let aside = format!("{first_seq:020}{QUARANTINE_SUFFIX}");
-                    medium
-                        .rename(&name, &aside)
-                        .context(|| where_(&format!("quarantining {name}")))?;
-                }
-                report.quarantined.push(QuarantineReport {
-                    segment: name,
-                    reason,
-                    lost,
-                });
-                quarantined_firsts.push(first_seq);
-                quarantined_before.push((scanned.len(), report.quarantined.len() - 1));
-                last_file_quarantined = is_last_file;
-                continue;
-            }
-        };
-        assert_eq!(header.first_seq, first_seq);
-        let segment = Segment::new(name.clone(), first_seq, file);
-        let mut offset = SEGMENT_HEADER_BYTES;
-        let mut expected = first_seq;
-        let stop_reason = loop {
-            match read_frame(&*segment.file, offset, expected, options.record_bytes_max)
-                .context(|| where_(&format!("scanning {name}")))?
-            {
-                FrameRead::Frame {
-                    payload: _,
-                    next_offset,
-                } => {
-                    segment.note_frame(expected, offset, next_offset);
-                    offset = next_offset;
-                    expected += 1;
-                }
-                FrameRead::End => break None,
-                FrameRead::Bad(reason) => break Some(reason),
-            }
-        };
-        let dirty_end = last_nonzero_end(&*segment.file, segment.end_offset())
-            .context(|| where_(&format!("scanning {name}")))?;
-        report.bytes_scanned += segment.file.len();
-        progress(report.bytes_scanned, total_bytes);
-        scanned.push(Scanned {
-            segment,
-            stop_reason,
-            dirty_end,
-        });
-    }
-
-    // A quarantined segment followed by a good one lost everything up to that one's start.
-    for &(next_good, index) in &quarantined_before {
-        if let Some(next) = scanned.get(next_good) {
-            let q = &mut report.quarantined[index];
-            let from = q
-                .segment
-                .strip_suffix(SEGMENT_SUFFIX)
-                .and_then(|d| d.parse::<u64>().ok())
-                .unwrap_or(next.segment.first_seq);
-            q.lost = (next.segment.first_seq > from).then_some(SeqRange {
-                from,
-                to: next.segment.first_seq - 1,
-            });
-        }
-    }
-    let covered_by_quarantine =
-        |from: u64, to: u64| quarantined_firsts.iter().any(|&q| q >= from && q <= to);
-
-    // Pass 2: classify what follows each segment's valid data.
-    let count = scanned.len();
-    let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(count);
-    for i in 0..count {
-        let next_first = scanned.get(i + 1).map(|s| s.segment.first_seq);
-        let is_tail = i + 1 == count && !last_file_quarantined;
-        let s = &mut scanned[i];
-        let end = s.segment.end_offset();
-        let last_seq = s.segment.last_seq();
-        let bad = s.dirty_end.is_some() || s.stop_reason.is_some();
-        if is_tail {
-            if bad {
-                let dirty_end = s.dirty_end.unwrap_or(end);
-                let records =
-                    count_valid_frames(&*s.segment.file, end, dirty_end, options.record_bytes_max)
-                        .context(|| where_("counting cut records"))?;
-                if repair {
-                    zero_range(&*s.segment.file, end, dirty_end)
-                        .context(|| where_(&format!("zeroing torn tail of {}", s.segment.name)))?;
-                }
-                report.tail_cut = Some(TailCut {
-                    segment: s.segment.name.clone(),
-                    offset: end,
-                    bytes: dirty_end - end,
-                    records,
-                    reason: s
-                        .stop_reason
-                        .clone()
-                        .unwrap_or_else(|| "non-zero bytes after the end of data".into()),
-                });
-            }
-        } else {
-            let lost_to = next_first.map(|n| n.saturating_sub(1)).unwrap_or(seq_floor);
-            if bad {
-                let lost = (lost_to > last_seq).then_some(SeqRange {
-                    from: last_seq + 1,
-                    to: lost_to,
-                });
-                let damage = Damage {
-                    offset: end,
-                    lost_from: last_seq + 1,
-                    lost_to,
-                    reason: s
-                        .stop_reason
-                        .clone()
-                        .unwrap_or_else(|| "non-zero bytes after the end of data".into()),
-                };
-                report.damaged.push(DamageReport {
-                    segment: s.segment.name.clone(),
-                    offset: end,
-                    lost,
-                    reason: damage.reason.clone(),
-                });
-                s.segment.damage = Some(damage);
-            } else if let Some(next_first) = next_first {
-                if next_first > last_seq + 1 && !covered_by_quarantine(last_seq + 1, next_first - 1)
-                {
-                    report.gaps.push(SeqRange {
-                        from: last_seq + 1,
-                        to: next_first - 1,
-                    });
-                }
-            }
-        }
-        if repair {
-            // Records found here may still sit only in the page cache (the previous process
-            // was killed, not the power): make them durable before calling them durable.
-            s.segment
-                .file
-                .sync()
-                .context(|| where_(&format!("syncing {}", s.segment.name)))?;
-        }
-        report.records += s.segment.record_count();
-        seq_floor = seq_floor.max(last_seq);
-    }
-    for s in scanned {
-        segments.push(Arc::new(s.segment));
-    }
-
-    // Cursors.
+/// Phase 2: every cursor; one bad slot falls back to the other, a v1 or damaged file is
+/// rewritten whole (atomically) in repair mode.
+fn read_cursors(run: &mut Run<'_>, names: &[String]) -> Result<(BTreeMap<String, Cursor>, u64)> {
     let mut cursors = BTreeMap::new();
     let mut cursor_max = 0u64;
-    for name in cursor_names {
-        if !valid_cursor_name(&name) {
-            continue;
-        }
+    for name in names.iter().filter(|n| valid_cursor_name(n)) {
         let file_name = format!("{name}{CURSOR_SUFFIX}");
-        let file = medium
-            .open(&file_name, repair)
-            .context(|| where_(&format!("opening {file_name}")))?;
-        let read = read_cursor(&*file).context(|| where_(&format!("reading {file_name}")))?;
+        let file = run
+            .medium
+            .open(&file_name, run.repair)
+            .context(|| run.at(&format!("opening {file_name}")))?;
+        let read = read_cursor(&*file).context(|| run.at(&format!("reading {file_name}")))?;
         let (generation, seq, problem) = match read.value {
             Some((generation, seq)) if read.bad_slots == 0 => (generation, seq, None),
             Some((generation, seq)) => (
@@ -450,31 +310,586 @@ pub(crate) fn recover(
             generation,
             seq,
         };
-        if repair && problem.is_some() {
-            // Recreate the whole file (atomically: temp + rename) with both slots valid; an
-            // in-place rewrite cannot mend a file that is too short.
+        if run.repair && (problem.is_some() || read.slot_bytes != CURSOR_SLOT_BYTES) {
             let mut head = encode_slot(0, seq).to_vec();
             head.extend_from_slice(&encode_slot(1, seq));
-            cursor.file = medium
+            cursor.file = run
+                .medium
                 .create(&file_name, CURSOR_FILE_BYTES, &head)
-                .context(|| where_(&format!("rewriting {file_name}")))?;
+                .context(|| run.at(&format!("rewriting {file_name}")))?;
             cursor.generation = 1;
         }
         cursor_max = cursor_max.max(seq);
-        report.cursors.push(CursorReport {
+        run.report.cursors.push(CursorReport {
             name: name.clone(),
             seq,
             problem,
         });
-        cursors.insert(name, cursor);
+        cursors.insert(name.clone(), cursor);
     }
+    Ok((cursors, cursor_max))
+}
 
+/// Phase 3: files set aside by an earlier open still count for the seq floor, so a crash
+/// between quarantine and the next segment's creation can never reuse seqs.
+fn scan_quarantined(run: &mut Run<'_>, files: &[(u64, String)]) -> Result<()> {
+    for (first_seq, name) in files {
+        run.seq_floor = run.seq_floor.max(first_seq.saturating_sub(1));
+        let file = run
+            .medium
+            .open(name, false)
+            .context(|| run.at(&format!("opening {name}")))?;
+        if let Some(max_seq) = max_frame_seq(&*file) {
+            run.seq_floor = run.seq_floor.max(max_seq);
+        }
+        run.quarantined_firsts.push(*first_seq);
+    }
+    Ok(())
+}
+
+/// Highest seq of any CRC-valid frame in a file, trusting nothing else.
+fn max_frame_seq(file: &dyn MediumFile) -> Option<u64> {
+    let mut window = Window::uncached(file);
+    valid_frames_in(&mut window, SEGMENT_HEADER_BYTES, file.len(), file.len()).1
+}
+
+/// A segment whose header passed (or was rebuilt), not yet scanned.
+struct Opened {
+    segment: Segment,
+}
+
+/// Phases 4–8 over every segment, oldest first.
+fn scan_segments(
+    run: &mut Run<'_>,
+    names: &[(u64, String)],
+    cursor_max: u64,
+    progress: Progress<'_>,
+) -> Result<Vec<Segment>> {
+    let mut files = Vec::new();
+    let mut total_bytes = 0u64;
+    for (first_seq, name) in names {
+        let file = run
+            .medium
+            .open(name, run.repair)
+            .context(|| run.at(&format!("opening {name}")))?;
+        total_bytes += file.len();
+        files.push((*first_seq, name.clone(), file));
+    }
+    let mut opened: Vec<Opened> = Vec::new();
+    // (index in `opened` of the next good segment, index in report.quarantined).
+    let mut quarantined_before: Vec<(usize, usize)> = Vec::new();
+    for (first_seq, name, file) in files {
+        match open_segment(run, first_seq, name, file)? {
+            Some(segment) => opened.push(Opened { segment }),
+            None => quarantined_before.push((opened.len(), run.report.quarantined.len() - 1)),
+        }
+    }
+    for &(next_good, index) in &quarantined_before {
+        if let Some(next) = opened.get(next_good) {
+            let q = &mut run.report.quarantined[index];
+            let from = q
+                .segment
+                .strip_suffix(SEGMENT_SUFFIX)
+                .and_then(|d| d.parse::<u64>().ok())
+                .unwrap_or(next.segment.first_seq);
+            q.lost = (next.segment.first_seq > from).then_some(SeqRange {
+                from,
+                to: next.segment.first_seq - 1,
+            });
+        }
+    }
+    let firsts: Vec<u64> = opened.iter().map(|o| o.segment.first_seq).collect();
+    let mut segments = Vec::with_capacity(opened.len());
+    for (i, o) in opened.into_iter().enumerate() {
+        let mut segment = o.segment;
+        let next_first = firsts.get(i + 1).copied();
+        // Rotation syncs a segment before the next one exists, so only the last segment with
+        // a usable header can hold bytes no sync covered. Files after it that were set aside
+        // prove nothing (they may be debris of a creation that never completed).
+        let is_tail = next_first.is_none();
+        let proof = restore_tail_pages(run, &mut segment)?;
+        let proof = if is_tail {
+            proof.max(cursor_max)
+        } else {
+            u64::MAX
+        };
+        let (stop, holes) = scan_frames(&segment, proof, next_first);
+        for (offset, lost, reason) in holes {
+            record_damage(run, &mut segment, offset, Some(lost), reason);
+        }
+        classify(run, &mut segment, stop, is_tail, next_first)?;
+        if is_tail {
+            redirty(run, &segment, proof)?;
+        }
+        run.report.bytes_scanned += segment.file.len();
+        progress(run.report.bytes_scanned, total_bytes);
+        run.report.records += segment.record_count();
+        run.seq_floor = run.seq_floor.max(segment.last_seq());
+        if segment.version != FORMAT_VERSION {
+            run.report.v1_segments += 1;
+        }
+        segments.push(segment);
+    }
+    Ok(segments)
+}
+
+/// Phase 4: the header. `None` when the segment was quarantined.
+fn open_segment(
+    run: &mut Run<'_>,
+    first_seq: u64,
+    name: String,
+    file: Box<dyn MediumFile>,
+) -> Result<Option<Segment>> {
+    let header = match check_header(&*file, first_seq) {
+        Ok(header) => header,
+        Err(reason) => match rebuild_header(&*file, first_seq) {
+            Some(header) => {
+                if run.repair {
+                    file.write_at(0, &header.encode())
+                        .and_then(|()| file.sync())
+                        .context(|| run.at(&format!("rewriting the header of {name}")))?;
+                }
+                run.report.damaged.push(DamageReport {
+                    segment: name.clone(),
+                    offset: 0,
+                    lost: None,
+                    reason: format!("{reason}; header rebuilt from the file name and length"),
+                });
+                header
+            }
+            None => {
+                quarantine(run, first_seq, name, &*file, reason)?;
+                return Ok(None);
+            }
+        },
+    };
+    Ok(Some(Segment::new(name, &header, file)))
+}
+
+/// A header that passes every check, or what is wrong with it.
+fn check_header(
+    file: &dyn MediumFile,
+    first_seq: u64,
+) -> std::result::Result<SegmentHeader, String> {
+    if file.len() < SEGMENT_HEADER_BYTES {
+        return Err(format!(
+            "file is {} bytes, shorter than a header",
+            file.len()
+        ));
+    }
+    let mut bytes = vec![0u8; SEGMENT_HEADER_BYTES as usize];
+    file.read_uncached(0, &mut bytes)
+        .map_err(|e| format!("header unreadable: {e}"))?;
+    let h = SegmentHeader::decode(&bytes)?;
+    if h.first_seq != first_seq {
+        Err(format!(
+            "header first_seq {} differs from name",
+            h.first_seq
+        ))
+    } else if h.segment_bytes != file.len() {
+        Err(format!(
+            "header says {} bytes, file has {}",
+            h.segment_bytes,
+            file.len()
+        ))
+    } else {
+        Ok(h)
+    }
+}
+
+/// A v2 header rebuilt from the name and length, when the file has a v2 shape and its first
+/// frame is there with the seq the name promises (or it holds no data at all).
+fn rebuild_header(file: &dyn MediumFile, first_seq: u64) -> Option<SegmentHeader> {
+    let len = file.len();
+    if len < SEGMENT_BYTES_MIN || len % PAGE_BYTES != 0 || first_seq == 0 {
+        return None;
+    }
+    let header = SegmentHeader::rebuilt(first_seq, len);
+    let (start, end) = header.data_range();
+    let mut window = Window::uncached(file);
+    match read_frame(&mut window, start, end, first_seq) {
+        FrameRead::Frame { .. } => Some(header),
+        FrameRead::End if last_nonzero_end(file, start, end).is_none() => Some(header),
+        _ => None,
+    }
+}
+
+/// Sets a segment aside (renamed `*.seg.quarantine`), learning its highest seq first.
+fn quarantine(
+    run: &mut Run<'_>,
+    first_seq: u64,
+    name: String,
+    file: &dyn MediumFile,
+    reason: String,
+) -> Result<()> {
+    let max_seq = max_frame_seq(file);
+    run.seq_floor = run.seq_floor.max(max_seq.unwrap_or(0));
+    if run.repair {
+        let aside = format!("{first_seq:020}{QUARANTINE_SUFFIX}");
+        run.medium
+            .rename(&name, &aside)
+            .context(|| run.at(&format!("quarantining {name}")))?;
+    }
+    run.report.quarantined.push(QuarantineReport {
+        segment: name,
+        reason,
+        lost: max_seq.map(|to| SeqRange {
+            from: first_seq,
+            to,
+        }),
+    });
+    run.quarantined_firsts.push(first_seq);
+    Ok(())
+}
+
+/// Phase 5: puts back page prefixes from the tail-page slots, oldest copy first, wherever the
+/// segment's bytes differ (a torn later write). Returns the highest proven seq the slots name.
+/// Read-only runs cannot write: they report the restore, and the scan sees the copy (see
+/// [`Patched`]).
+fn restore_tail_pages(run: &mut Run<'_>, segment: &mut Segment) -> Result<u64> {
+    if segment.version != FORMAT_VERSION {
+        return Ok(0);
+    }
+    let slots = {
+        let mut window = Window::uncached(&*segment.file);
+        read_slots(
+            &mut window,
+            segment.file.len(),
+            (segment.data_start, segment.data_end),
+        )
+    };
+    let mut proof = 0;
+    for slot in &slots {
+        proof = proof.max(slot.proven_seq);
+        let mut current = vec![0u8; slot.bytes.len()];
+        let same = segment
+            .file
+            .read_uncached(slot.page_offset, &mut current)
+            .is_ok_and(|()| current == slot.bytes);
+        if same {
+            continue;
+        }
+        if run.repair {
+            segment
+                .file
+                .write_at(slot.page_offset, &slot.bytes)
+                .and_then(|()| segment.file.sync())
+                .context(|| run.at(&format!("restoring a page of {}", segment.name)))?;
+        }
+        run.report.tail_restored.push(TailRestore {
+            segment: segment.name.clone(),
+            offset: slot.page_offset,
+            bytes: slot.bytes.len() as u64,
+        });
+    }
+    segment.tail_generation.store(
+        slots.last().map_or(0, |s| s.generation),
+        std::sync::atomic::Ordering::Release,
+    );
+    if !run.repair {
+        Patched::install(segment, slots);
+    }
+    Ok(proof)
+}
+
+/// Where a scan stopped for good, if it did before the end of data.
+struct Stop {
+    offset: u64,
+    expected: u64,
+    reason: String,
+    /// True when the bad frame lies past every proof of durability (a tail candidate).
+    above_proof: bool,
+}
+
+/// Phase 6: frames from the start of data. A bad frame at or below `proof` is damage: the
+/// scan resyncs on the next CRC-valid frame whose seq could follow and records a hole; above
+/// `proof` the scan stops (phase 7 decides).
+/// A hole found and jumped by the scan: (offset of the bad frame, seqs lost, why).
+type Hole = (u64, SeqRange, String);
+
+fn scan_frames(
+    segment: &Segment,
+    proof: u64,
+    next_first: Option<u64>,
+) -> (Option<Stop>, Vec<Hole>) {
+    let file = &*segment.file;
+    let mut holes = Vec::new();
+    let mut window = Window::uncached(file);
+    let (data_end, mut offset, mut expected) =
+        (segment.data_end, segment.data_start, segment.first_seq);
+    // No frame is shorter than 24 bytes: a bound on how far seqs can run in one segment.
+    let max_frames =
+        (segment.data_end - segment.data_start) / (FRAME_HEADER_BYTES + FRAME_ALIGN_BYTES);
+    loop {
+        let reason = match read_frame(&mut window, offset, data_end, expected) {
+            FrameRead::Frame { next_offset, .. } => {
+                segment.note_frame(expected, offset, next_offset);
+                offset = next_offset;
+                expected += 1;
+                continue;
+            }
+            FrameRead::End => match last_nonzero_end(file, offset, data_end) {
+                None => return (None, holes),
+                Some(_) => format!("zero bytes where seq {expected} was expected, data after them"),
+            },
+            FrameRead::Bad(reason) => reason,
+        };
+        if expected > proof {
+            return (
+                Some(Stop {
+                    offset,
+                    expected,
+                    reason,
+                    above_proof: true,
+                }),
+                holes,
+            );
+        }
+        let last_possible = next_first.map_or(expected + max_frames, |n| n.saturating_sub(1));
+        match resync(
+            &mut window,
+            offset + FRAME_ALIGN_BYTES,
+            data_end,
+            expected + 1..=last_possible,
+        ) {
+            Some(found) => {
+                let lost = SeqRange {
+                    from: expected,
+                    to: found.seq - 1,
+                };
+                holes.push((offset, lost, reason));
+                segment.note_hole(lost, found.offset);
+                offset = found.offset;
+                expected = found.seq;
+            }
+            None => {
+                return (
+                    Some(Stop {
+                        offset,
+                        expected,
+                        reason,
+                        above_proof: false,
+                    }),
+                    holes,
+                )
+            }
+        }
+    }
+}
+
+fn record_damage(
+    run: &mut Run<'_>,
+    segment: &mut Segment,
+    offset: u64,
+    lost: Option<SeqRange>,
+    reason: String,
+) {
+    if segment.damage.is_none() {
+        segment.damage = Some(Damage {
+            offset,
+            lost_from: lost.map_or(0, |l| l.from),
+            lost_to: lost.map_or(0, |l| l.to),
+            reason: reason.clone(),
+        });
+    }
+    run.report.damaged.push(DamageReport {
+        segment: segment.name.clone(),
+        offset,
+        lost,
+        reason,
+    });
+}
+
+/// Phase 7: what a final stop means. In the last segment above every proof it is a torn tail:
+/// its bytes go to a side file, then are zeroed, and its frames' seqs are never reused.
+/// Anywhere else it is damage: the bytes stay, the lost range is reported.
+fn classify(
+    run: &mut Run<'_>,
+    segment: &mut Segment,
+    stop: Option<Stop>,
+    is_tail: bool,
+    next_first: Option<u64>,
+) -> Result<()> {
+    let Some(stop) = stop else {
+        if let Some(next_first) = next_first {
+            let last = segment.last_seq();
+            if next_first > last + 1 && !covered(&run.quarantined_firsts, last + 1, next_first - 1)
+            {
+                run.report.gaps.push(SeqRange {
+                    from: last + 1,
+                    to: next_first - 1,
+                });
+            }
+        }
+        return Ok(());
+    };
+    if !is_tail || !stop.above_proof {
+        let lost_to = next_first.map_or(run.seq_floor.max(segment.last_seq()), |n| {
+            n.saturating_sub(1)
+        });
+        let lost = (lost_to >= stop.expected).then_some(SeqRange {
+            from: stop.expected,
+            to: lost_to,
+        });
+        record_damage(run, segment, stop.offset, lost, stop.reason);
+        return Ok(());
+    }
+    cut_tail(run, segment, stop)
+}
+
+fn cut_tail(run: &mut Run<'_>, segment: &mut Segment, stop: Stop) -> Result<()> {
+    let file = &*segment.file;
+    let dirty_end = last_nonzero_end(file, stop.offset, segment.data_end).unwrap_or(stop.offset);
+    let (records, highest_seq) = {
+        let mut window = Window::uncached(file);
+        valid_frames_in(&mut window, stop.offset, dirty_end, segment.data_end)
+    };
+    let mut kept_in = None;
+    if run.repair && dirty_end > stop.offset {
+        kept_in = Some(keep_cut_bytes(run, segment, stop.offset, dirty_end)?);
+        // The tail-page copies still cover the prefix while the zeros are synced; phase 8
+        // then replaces both copies before any append can reuse the cut bytes' place.
+        zero_range(file, stop.offset, dirty_end)
+            .context(|| run.at(&format!("zeroing torn tail of {}", segment.name)))?;
+    }
+    if let Some(highest) = highest_seq.filter(|&h| h > segment.last_seq()) {
+        run.seq_floor = run.seq_floor.max(highest);
+        run.report.gaps.push(SeqRange {
+            from: segment.last_seq() + 1,
+            to: highest,
+        });
+    }
+    run.report.tail_cut = Some(TailCut {
+        segment: segment.name.clone(),
+        offset: stop.offset,
+        bytes: dirty_end - stop.offset,
+        records,
+        reason: stop.reason,
+        highest_seq,
+        kept_in,
+    });
+    Ok(())
+}
+
+/// Writes the bytes about to be cut (at most [`CUT_FILE_BYTES_MAX`]) to a CRC-checked side
+/// file, keeping at most [`CUT_FILES_MAX`] of them (oldest removed first). FORMAT.md, "Cut
+/// files", has the layout.
+fn keep_cut_bytes(run: &mut Run<'_>, segment: &Segment, from: u64, to: u64) -> Result<String> {
+    let kept = (to - from).min(CUT_FILE_BYTES_MAX);
+    let mut bytes = vec![0u8; kept as usize];
+    if segment.file.read_uncached(from, &mut bytes).is_err() {
+        bytes.clear();
+    }
+    let mut head = Vec::with_capacity(64 + bytes.len());
+    head.extend_from_slice(CUT_MAGIC);
+    head.extend_from_slice(&segment.first_seq.to_le_bytes());
+    head.extend_from_slice(&from.to_le_bytes());
+    head.extend_from_slice(&(to - from).to_le_bytes());
+    head.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    head.extend_from_slice(&wall_ms().to_le_bytes());
+    head.extend_from_slice(&crc32fast::hash(&bytes).to_le_bytes());
+    head.resize(60, 0);
+    let crc = crc32fast::hash(&head);
+    head.extend_from_slice(&crc.to_le_bytes());
+    head.extend_from_slice(&bytes);
+    while run.cut_files.len() >= CUT_FILES_MAX {
+        let oldest = run.cut_files.remove(0);
+        run.medium
+            .remove(&oldest)
+            .context(|| run.at(&format!("removing {oldest}")))?;
+    }
+    let name = format!("{:020}-{from:012}{CUT_SUFFIX}", segment.first_seq);
+    run.medium
+        .create(&name, head.len() as u64, &head)
+        .context(|| run.at(&format!("writing {name}")))?;
+    run.cut_files.push(name.clone());
+    Ok(name)
+}
+
+/// Magic bytes of a cut side file.
+pub const CUT_MAGIC: &[u8; 8] = b"EDGECAPX";
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Phase 8: bytes past the proof point may still sit only in the page cache, even clean there
+/// after a failed writeback earlier in this boot (Linux then returns 0 from a new fdatasync).
+/// Writing them again makes them dirty, so the sync below really reaches the medium before
+/// they are called durable. A rewrite can tear its page like any write, and these pages may
+/// hold acknowledged frames, so each page is first copied into a tail-page slot and synced:
+/// the copy of page *n* and the rewrite of page *n - 1* share one sync.
+fn redirty(run: &mut Run<'_>, segment: &Segment, proof: u64) -> Result<()> {
+    if !run.repair {
+        return Ok(());
+    }
+    let from = if proof < segment.first_seq {
+        segment.data_start
+    } else if proof >= segment.last_seq() {
+        segment.end_offset()
+    } else {
+        frame_offset(segment, proof + 1).unwrap_or(segment.data_start)
+    };
+    let to = segment.end_offset();
+    let context = |run: &Run<'_>| run.at(&format!("rewriting unproven bytes of {}", segment.name));
+    let mut page = from - from % PAGE_BYTES;
+    while page < to {
+        let upto = (page + PAGE_BYTES).min(to);
+        crate::tail::copy_page(segment, page, upto, proof)
+            .and_then(|()| segment.file.sync())
+            .and_then(|()| rewrite(&*segment.file, page.max(from), upto))
+            .context(|| context(run))?;
+        page += PAGE_BYTES;
+    }
+    segment
+        .file
+        .sync()
+        .and_then(|()| crate::tail::refresh_copies(segment, to, segment.last_seq()))
+        .context(|| run.at(&format!("syncing {}", segment.name)))
+}
+
+/// Writes `from..to` again with the bytes it holds.
+fn rewrite(file: &dyn MediumFile, from: u64, to: u64) -> std::io::Result<()> {
+    let mut buf = vec![0u8; (to - from) as usize];
+    file.read_uncached(from, &mut buf)?;
+    file.write_at(from, &buf)
+}
+
+/// Offset of the frame of `seq` in a scanned segment.
+fn frame_offset(segment: &Segment, seq: u64) -> Option<u64> {
+    let (mut at, mut offset) = segment.seek_point(seq);
+    let mut window = Window::uncached(&*segment.file);
+    while at < seq {
+        match read_frame(&mut window, offset, segment.data_end, at) {
+            FrameRead::Frame { next_offset, .. } => offset = next_offset,
+            _ => return None,
+        }
+        at += 1;
+    }
+    Some(offset)
+}
+
+fn covered(quarantined_firsts: &[u64], from: u64, to: u64) -> bool {
+    quarantined_firsts.iter().any(|&q| q >= from && q <= to)
+}
+
+/// Phase 9: the next seq and the gaps.
+fn finish(
+    run: Run<'_>,
+    segments: Vec<Segment>,
+    cursors: BTreeMap<String, Cursor>,
+    cursor_max: u64,
+) -> Result<Recovered> {
+    let mut report = run.report;
     let log_last = segments.last().map(|s| s.last_seq()).unwrap_or(0);
-    let next_seq = seq_floor.max(cursor_max).max(log_last) + 1;
+    let next_seq = run.seq_floor.max(cursor_max).max(log_last) + 1;
     if let Some(last) = segments.last() {
         if next_seq > last.last_seq() + 1
             && !report.gaps.iter().any(|g| g.to == next_seq - 1)
-            && !covered_by_quarantine(last.last_seq() + 1, next_seq - 1)
+            && !covered(&run.quarantined_firsts, last.last_seq() + 1, next_seq - 1)
         {
             report.gaps.push(SeqRange {
                 from: last.last_seq() + 1,
@@ -482,15 +897,30 @@ pub(crate) fn recover(
             });
         }
     }
-    report.segments = segments.len();
-    report.next_seq = next_seq;
-    report.first_seq = segments
+    let first_stored = segments
         .iter()
         .find(|s| s.record_count() > 0)
         .map(|s| s.first_seq);
+    report.front_gap = first_stored
+        .filter(|&f| f > 1)
+        .map(|f| SeqRange { from: 1, to: f - 1 });
+    report.segments = segments.len();
+    report.next_seq = next_seq;
+    report.first_seq = first_stored;
     report.last_seq = (report.records > 0).then_some(log_last);
-    let needs_new_segment =
-        last_file_quarantined || segments.last().is_some_and(|s| s.damage.is_some());
+    let needs_new_segment = segments.last().is_some_and(|s| !s.appendable())
+        || report
+            .quarantined
+            .last()
+            .zip(segments.last())
+            .is_some_and(|(q, s)| q.segment > s.name);
+    let segments = segments.into_iter().map(Arc::new).collect();
+    if next_seq == u64::MAX {
+        return Err(Error::InvalidOption {
+            option: "data directory",
+            reason: "seq space exhausted".into(),
+        });
+    }
     Ok(Recovered {
         segments,
         needs_new_segment,
@@ -500,38 +930,60 @@ pub(crate) fn recover(
     })
 }
 
-/// Highest seq of any CRC-valid frame in a file, trusting nothing else.
-fn max_frame_seq(
-    file: &dyn crate::medium::MediumFile,
-    record_bytes_max: usize,
-) -> std::io::Result<Option<u64>> {
-    use crate::limits::{FRAME_ALIGN_BYTES, FRAME_HEADER_BYTES};
-    use crate::record::{decode_header, frame_bytes, frame_crc};
-    let len = file.len();
-    let mut offset = SEGMENT_HEADER_BYTES;
-    let mut best = None;
-    let mut header = [0u8; FRAME_HEADER_BYTES as usize];
-    while offset + FRAME_HEADER_BYTES <= len {
-        file.read_at(offset, &mut header)?;
-        let (payload_bytes, crc, seq) = decode_header(&header);
-        let frame = frame_bytes(payload_bytes as usize);
-        if payload_bytes > 0 && payload_bytes as usize <= record_bytes_max && offset + frame <= len
-        {
-            let mut payload = vec![0u8; payload_bytes as usize];
-            file.read_at(offset + FRAME_HEADER_BYTES, &mut payload)?;
-            if frame_crc(payload_bytes, seq, &payload) == crc {
-                best = Some(best.map_or(seq, |b: u64| b.max(seq)));
-                offset += frame;
-                continue;
+/// A segment file as the read-only scan sees it: the tail-page copies laid over the bytes, as
+/// repair would write them.
+#[derive(Debug)]
+struct Patched {
+    inner: Box<dyn MediumFile>,
+    slots: Vec<TailSlot>,
+}
+
+impl Patched {
+    /// Lays `slots` over the segment's file for the rest of this read-only open, so the scan
+    /// and every reader see what a repairing open would leave.
+    fn install(segment: &mut Segment, slots: Vec<TailSlot>) {
+        if slots.is_empty() {
+            return;
+        }
+        let inner = std::mem::replace(&mut segment.file, Box::new(crate::medium::NoFile));
+        segment.file = Box::new(Patched { inner, slots });
+    }
+}
+
+impl MediumFile for Patched {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.read_uncached(offset, buf)
+    }
+
+    fn read_uncached(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read_uncached(offset, buf)?;
+        let end = offset + buf.len() as u64;
+        for slot in &self.slots {
+            let (from, to) = (slot.page_offset, slot.page_offset + slot.bytes.len() as u64);
+            let (lo, hi) = (from.max(offset), to.min(end));
+            if lo < hi {
+                buf[(lo - offset) as usize..(hi - offset) as usize]
+                    .copy_from_slice(&slot.bytes[(lo - from) as usize..(hi - from) as usize]);
             }
         }
-        offset += FRAME_ALIGN_BYTES;
+        Ok(())
     }
-    Ok(best)
+
+    fn write_at(&self, _offset: u64, _data: &[u8]) -> std::io::Result<()> {
+        Err(std::io::Error::other("read-only overlay"))
+    }
+
+    fn sync(&self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Writes zeros over `from..to` and syncs.
-fn zero_range(file: &dyn crate::medium::MediumFile, from: u64, to: u64) -> std::io::Result<()> {
+fn zero_range(file: &dyn MediumFile, from: u64, to: u64) -> std::io::Result<()> {
     let zeros = vec![0u8; ZERO_CHUNK_BYTES];
     let mut offset = from;
     while offset < to {

@@ -5,7 +5,7 @@
 //! ```text
 //! offset  size  field
 //! 0       8     magic            b"EDGECAPS"
-//! 8       4     format_version   u32 LE = 1
+//! 8       4     format_version   u32 LE = 2 (1 is still read)
 //! 12      4     header_bytes     u32 LE = 64
 //! 16      8     first_seq        u64 LE, equal to the number in the file name
 //! 24      8     segment_bytes    u64 LE, the preallocated file length
@@ -14,23 +14,28 @@
 //! 60      4     crc32            over bytes 0..60
 //! ```
 //!
-//! Frames (see `record.rs`) follow from offset 64 back to back; the first frame whose length
-//! field is zero ends the data. File name: `{first_seq:020}.seg`. Keep in step with FORMAT.md.
+//! v2 layout: the header has page 0 to itself; frames (see `record.rs`) follow back to back
+//! from offset 4096 up to `segment_bytes - 16384`; the last 16 KiB hold two tail-page slots
+//! (`tail.rs`). v1 frames start at 64 and run to the end of the file. The first frame whose
+//! length field is zero, with only zeros after it, ends the data. File name:
+//! `{first_seq:020}.seg`. Keep in step with FORMAT.md.
 
-use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::limits::{
-    FRAME_ALIGN_BYTES, FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES, ZERO_CHUNK_BYTES,
+    SEGMENT_DATA_START, SEGMENT_DATA_START_V1, SEGMENT_HEADER_BYTES, SEGMENT_TRAILER_BYTES,
+    ZERO_CHUNK_BYTES,
 };
 use crate::medium::MediumFile;
-use crate::record::{decode_header, frame_bytes, frame_crc};
+use crate::recovery::SeqRange;
 
 /// Magic bytes at the start of every segment.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"EDGECAPS";
-/// Current on-disk format version.
-pub const FORMAT_VERSION: u32 = 1;
+/// Current on-disk format version: 2 (tail-page slots, header page of its own).
+pub const FORMAT_VERSION: u32 = 2;
+/// The first format, still read: its segments are sealed on open, never appended to.
+pub const FORMAT_VERSION_V1: u32 = 1;
 /// Suffix of live segment files.
 pub const SEGMENT_SUFFIX: &str = ".seg";
 /// Suffix given to a segment set aside by recovery.
@@ -41,6 +46,7 @@ const INDEX_EVERY_RECORDS: u64 = 64;
 /// The decoded segment header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
+    pub version: u32,
     pub first_seq: u64,
     pub segment_bytes: u64,
     pub created_wall_ms: i64,
@@ -51,7 +57,7 @@ impl SegmentHeader {
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES as usize] {
         let mut out = [0u8; SEGMENT_HEADER_BYTES as usize];
         out[0..8].copy_from_slice(&SEGMENT_MAGIC);
-        out[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out[8..12].copy_from_slice(&self.version.to_le_bytes());
         out[12..16].copy_from_slice(&(SEGMENT_HEADER_BYTES as u32).to_le_bytes());
         out[16..24].copy_from_slice(&self.first_seq.to_le_bytes());
         out[24..32].copy_from_slice(&self.segment_bytes.to_le_bytes());
@@ -59,6 +65,22 @@ impl SegmentHeader {
         let crc = crc32fast::hash(&out[0..60]);
         out[60..64].copy_from_slice(&crc.to_le_bytes());
         out
+    }
+
+    /// Where frames start and end in a segment of this version and length.
+    pub fn data_range(&self) -> (u64, u64) {
+        data_range(self.version, self.segment_bytes)
+    }
+
+    /// The header a v2 segment named `first_seq` of `segment_bytes` must have, apart from its
+    /// informational creation time: what recovery rebuilds a damaged header from.
+    pub fn rebuilt(first_seq: u64, segment_bytes: u64) -> SegmentHeader {
+        SegmentHeader {
+            version: FORMAT_VERSION,
+            first_seq,
+            segment_bytes,
+            created_wall_ms: 0,
+        }
     }
 
     /// Decodes and checks a header; the error says what is wrong.
@@ -77,7 +99,7 @@ impl SegmentHeader {
             return Err("bad magic".into());
         }
         let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != FORMAT_VERSION_V1 {
             return Err(format!("unsupported format version {version}"));
         }
         let header_bytes = u32::from_le_bytes(bytes[12..16].try_into().unwrap());
@@ -85,6 +107,7 @@ impl SegmentHeader {
             return Err(format!("unexpected header size {header_bytes}"));
         }
         Ok(SegmentHeader {
+            version,
             first_seq: u64::from_le_bytes(bytes[16..24].try_into().unwrap()),
             segment_bytes: u64::from_le_bytes(bytes[24..32].try_into().unwrap()),
             created_wall_ms: i64::from_le_bytes(bytes[32..40].try_into().unwrap()),
@@ -106,110 +129,41 @@ pub fn parse_segment_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// What reading one frame found.
-#[derive(Debug)]
-pub(crate) enum FrameRead {
-    /// A zero length field, or no room for another header: no more data here.
-    End,
-    /// A valid frame with the expected seq.
-    Frame { payload: Vec<u8>, next_offset: u64 },
-    /// Bytes that are not a valid frame; the reason names the check that failed.
-    Bad(String),
+/// Where frames start and end in a segment of `version` that is `segment_bytes` long.
+pub fn data_range(version: u32, segment_bytes: u64) -> (u64, u64) {
+    if version == FORMAT_VERSION_V1 {
+        (SEGMENT_DATA_START_V1, segment_bytes)
+    } else {
+        (
+            SEGMENT_DATA_START,
+            segment_bytes.saturating_sub(SEGMENT_TRAILER_BYTES),
+        )
+    }
 }
 
-/// Reads and fully checks the frame at `offset`, which must carry `expected_seq`.
-pub(crate) fn read_frame(
-    file: &dyn MediumFile,
-    offset: u64,
-    expected_seq: u64,
-    record_bytes_max: usize,
-) -> io::Result<FrameRead> {
-    assert_eq!(offset % FRAME_ALIGN_BYTES, 0);
-    let len = file.len();
-    if offset + FRAME_HEADER_BYTES > len {
-        return Ok(FrameRead::End);
-    }
-    let mut header = [0u8; FRAME_HEADER_BYTES as usize];
-    file.read_at(offset, &mut header)?;
-    let (payload_bytes, crc, seq) = decode_header(&header);
-    if payload_bytes == 0 {
-        return Ok(FrameRead::End);
-    }
-    if payload_bytes as usize > record_bytes_max
-        || offset + frame_bytes(payload_bytes as usize) > len
-    {
-        return Ok(FrameRead::Bad(format!("impossible length {payload_bytes}")));
-    }
-    let mut payload = vec![0u8; payload_bytes as usize];
-    file.read_at(offset + FRAME_HEADER_BYTES, &mut payload)?;
-    if frame_crc(payload_bytes, seq, &payload) != crc {
-        return Ok(FrameRead::Bad("CRC mismatch".into()));
-    }
-    if seq != expected_seq {
-        return Ok(FrameRead::Bad(format!(
-            "seq {seq} where {expected_seq} was expected (stale or misplaced record)"
-        )));
-    }
-    Ok(FrameRead::Frame {
-        payload,
-        next_offset: offset + frame_bytes(payload_bytes as usize),
-    })
-}
-
-/// Offset one past the last non-zero byte in `from..file.len()`, if any byte there is non-zero.
-pub(crate) fn last_nonzero_end(file: &dyn MediumFile, from: u64) -> io::Result<Option<u64>> {
-    let len = file.len();
+/// Offset one past the last non-zero byte in `from..to`, if any byte there is non-zero. Reads
+/// with `read_uncached`: an unreadable chunk counts as non-zero (it is not known to be empty).
+pub(crate) fn last_nonzero_end(file: &dyn MediumFile, from: u64, to: u64) -> Option<u64> {
     let mut buf = vec![0u8; ZERO_CHUNK_BYTES];
     let mut found = None;
     let mut offset = from;
-    while offset < len {
-        let step = (len - offset).min(ZERO_CHUNK_BYTES as u64) as usize;
-        file.read_at(offset, &mut buf[..step])?;
-        if let Some(pos) = buf[..step].iter().rposition(|&b| b != 0) {
-            found = Some(offset + pos as u64 + 1);
+    while offset < to {
+        let step = (to - offset).min(ZERO_CHUNK_BYTES as u64) as usize;
+        match file.read_uncached(offset, &mut buf[..step]) {
+            Ok(()) => {
+                if let Some(pos) = buf[..step].iter().rposition(|&b| b != 0) {
+                    found = Some(offset + pos as u64 + 1);
+                }
+            }
+            Err(_) => found = Some(offset + step as u64),
         }
         offset += step as u64;
     }
-    Ok(found)
+    found
 }
 
-/// Counts the CRC-valid frames (any seq) that start on frame boundaries in `from..to`: what a
-/// tail cut throws away, for the recovery report.
-pub(crate) fn count_valid_frames(
-    file: &dyn MediumFile,
-    from: u64,
-    to: u64,
-    record_bytes_max: usize,
-) -> io::Result<u64> {
-    let mut count = 0;
-    let mut offset = from;
-    let mut header = [0u8; FRAME_HEADER_BYTES as usize];
-    while offset + FRAME_HEADER_BYTES <= to {
-        file.read_at(offset, &mut header)?;
-        let (payload_bytes, crc, seq) = decode_header(&header);
-        // `to` is the end of the last non-zero byte: a frame's zero padding may lie past it.
-        let frame = frame_bytes(payload_bytes as usize);
-        let unpadded_end = offset + FRAME_HEADER_BYTES + u64::from(payload_bytes);
-        if payload_bytes > 0
-            && payload_bytes as usize <= record_bytes_max
-            && unpadded_end <= to
-            && offset + frame <= file.len()
-        {
-            let mut payload = vec![0u8; payload_bytes as usize];
-            file.read_at(offset + FRAME_HEADER_BYTES, &mut payload)?;
-            if frame_crc(payload_bytes, seq, &payload) == crc {
-                count += 1;
-                offset += frame;
-                continue;
-            }
-        }
-        offset += FRAME_ALIGN_BYTES;
-    }
-    Ok(count)
-}
-
-/// Damage found inside a segment that is not the last one: records from `lost_from` to
-/// `lost_to` (inclusive) cannot be read.
+/// Damage found inside a segment: records from `lost_from` to `lost_to` (inclusive) cannot be
+/// read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Damage {
     pub offset: u64,
@@ -223,6 +177,10 @@ pub struct Damage {
 pub(crate) struct Segment {
     pub name: String,
     pub first_seq: u64,
+    pub version: u32,
+    /// Frames live in `data_start..data_end`.
+    pub data_start: u64,
+    pub data_end: u64,
     pub file: Box<dyn MediumFile>,
     /// Offset one past the last valid frame.
     end_offset: AtomicU64,
@@ -230,20 +188,73 @@ pub(crate) struct Segment {
     last_seq: AtomicU64,
     /// Sparse (seq, offset) points, ascending.
     index: Mutex<Vec<(u64, u64)>>,
+    /// Seq ranges inside this segment that cannot be read (damage), ascending.
+    holes: Mutex<Vec<SeqRange>>,
+    /// Generation of the newest tail-page slot written (0: none yet).
+    pub tail_generation: AtomicU64,
     pub damage: Option<Damage>,
 }
 
 impl Segment {
-    pub fn new(name: String, first_seq: u64, file: Box<dyn MediumFile>) -> Segment {
-        assert!(first_seq >= 1);
+    pub fn new(name: String, header: &SegmentHeader, file: Box<dyn MediumFile>) -> Segment {
+        assert!(header.first_seq >= 1);
+        let (data_start, data_end) = header.data_range();
+        assert!(data_start >= SEGMENT_HEADER_BYTES && data_start <= data_end);
         Segment {
             name,
-            first_seq,
+            first_seq: header.first_seq,
+            version: header.version,
+            data_start,
+            data_end,
             file,
-            end_offset: AtomicU64::new(SEGMENT_HEADER_BYTES),
-            last_seq: AtomicU64::new(first_seq - 1),
+            end_offset: AtomicU64::new(data_start),
+            last_seq: AtomicU64::new(header.first_seq - 1),
             index: Mutex::new(Vec::new()),
+            holes: Mutex::new(Vec::new()),
+            tail_generation: AtomicU64::new(0),
             damage: None,
+        }
+    }
+
+    /// True when appends may go here (v2 has the tail-page slots that make them safe).
+    pub fn appendable(&self) -> bool {
+        self.version == FORMAT_VERSION && self.damage.is_none()
+    }
+
+    /// Records that seqs `lost.from..=lost.to` are unreadable and the frame of `lost.to + 1`
+    /// starts at `offset`: readers jump the hole, seeks never cross it.
+    pub fn note_hole(&self, lost: SeqRange, offset: u64) {
+        assert!(lost.from == self.last_seq() + 1 && lost.to >= lost.from);
+        lock_ignoring_poison(&self.holes).push(lost);
+        lock_ignoring_poison(&self.index).push((lost.to + 1, offset));
+        self.last_seq.store(lost.to, Ordering::Release);
+        self.end_offset.store(offset, Ordering::Release);
+    }
+
+    /// The unreadable range holding `seq`, if any.
+    pub fn hole_at(&self, seq: u64) -> Option<SeqRange> {
+        lock_ignoring_poison(&self.holes)
+            .iter()
+            .find(|h| h.from <= seq && seq <= h.to)
+            .copied()
+    }
+
+    /// Marks `lost` unreadable after a read-time check failed and the reader found the next
+    /// good frame at `offset` (or none: then `lost` runs to the segment's last seq).
+    pub fn note_read_damage(&self, lost: SeqRange, resume: Option<u64>) {
+        let mut holes = lock_ignoring_poison(&self.holes);
+        if holes
+            .iter()
+            .any(|h| h.from <= lost.from && lost.from <= h.to)
+        {
+            return;
+        }
+        holes.push(lost);
+        holes.sort_by_key(|h| h.from);
+        if let Some(offset) = resume {
+            let mut index = lock_ignoring_poison(&self.index);
+            let at = index.partition_point(|&(s, _)| s <= lost.to + 1);
+            index.insert(at, (lost.to + 1, offset));
         }
     }
 
@@ -255,18 +266,23 @@ impl Segment {
         self.last_seq.load(Ordering::Acquire)
     }
 
+    /// Readable records: the seq span minus the holes in it.
     pub fn record_count(&self) -> u64 {
-        self.last_seq() + 1 - self.first_seq
+        let last = self.last_seq();
+        let unreadable: u64 = lock_ignoring_poison(&self.holes)
+            .iter()
+            .filter(|h| h.from <= last)
+            .map(|h| h.to.min(last) + 1 - h.from)
+            .sum();
+        (last + 1 - self.first_seq) - unreadable
     }
 
     /// Records that the frame of `seq` starts at `offset` and ends at `end`.
     pub fn note_frame(&self, seq: u64, offset: u64, end: u64) {
         assert_eq!(seq, self.last_seq() + 1, "frames are noted in seq order");
+        assert!(offset >= self.data_start && end <= self.data_end);
         if (seq - self.first_seq) % INDEX_EVERY_RECORDS == 0 {
-            self.index
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((seq, offset));
+            lock_ignoring_poison(&self.index).push((seq, offset));
         }
         self.end_offset.store(end, Ordering::Release);
         self.last_seq.store(seq, Ordering::Release);
@@ -274,10 +290,14 @@ impl Segment {
 
     /// The best known (seq, offset) at or before `seq`.
     pub fn seek_point(&self, seq: u64) -> (u64, u64) {
-        let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        let index = lock_ignoring_poison(&self.index);
         match index.partition_point(|&(s, _)| s <= seq) {
-            0 => (self.first_seq, SEGMENT_HEADER_BYTES),
+            0 => (self.first_seq, self.data_start),
             i => index[i - 1],
         }
     }
+}
+
+fn lock_ignoring_poison<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -13,10 +13,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::limits::SECTOR_BYTES;
+use crate::limits::{PAGE_BYTES, SECTOR_BYTES};
 use crate::medium::{Medium, MediumFile};
 
 #[derive(Debug, Default)]
@@ -38,6 +38,8 @@ struct State {
 pub struct SimMedium {
     state: Arc<Mutex<State>>,
     fail_syncs: Arc<AtomicBool>,
+    /// Medium calls left before the power fails inside one (negative: no crash planned).
+    countdown: Arc<AtomicI64>,
 }
 
 /// A tiny deterministic generator (SplitMix64) so the crate needs no `rand` dependency.
@@ -64,12 +66,71 @@ impl SplitMix64 {
     }
 }
 
+/// Counts one call: Ok(true) when the power fails inside this call, Err when it already has.
+fn tick(countdown: &AtomicI64) -> io::Result<bool> {
+    let left = countdown.load(Ordering::SeqCst);
+    if left < 0 {
+        return Err(io::Error::other("simulated power cut: the medium is gone"));
+    }
+    if left == 0 {
+        return Ok(false);
+    }
+    let now = countdown.fetch_sub(1, Ordering::SeqCst) - 1;
+    if now == 0 {
+        countdown.store(-1, Ordering::SeqCst);
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// What one page of a crashed file keeps on the medium.
+fn resolve_page(
+    image: &FileImage,
+    durable: &mut [u8],
+    page: u64,
+    rng: &mut SplitMix64,
+    stats: &mut CrashStats,
+) {
+    let start = (page * PAGE_BYTES) as usize;
+    let end = (start + PAGE_BYTES as usize).min(image.live.len());
+    match rng.below(8) {
+        0..=2 => {
+            durable[start..end].copy_from_slice(&image.live[start..end]);
+            stats.sectors_kept_new += 1;
+        }
+        3..=4 => stats.sectors_kept_old += 1,
+        5..=6 => {
+            // Powersafe tear: each dirty sector old, new, or a prefix of new over old.
+            for sector in (start as u64 / SECTOR_BYTES)..(end as u64).div_ceil(SECTOR_BYTES) {
+                if !image.dirty_sectors.contains(&sector) {
+                    continue;
+                }
+                let (a, b) = (
+                    (sector * SECTOR_BYTES) as usize,
+                    (((sector + 1) * SECTOR_BYTES) as usize).min(end),
+                );
+                let cut = a + rng.below((b - a + 1) as u64) as usize;
+                durable[a..cut].copy_from_slice(&image.live[a..cut]);
+            }
+            stats.sectors_torn += 1;
+        }
+        _ => {
+            // Garbage over the whole page, bytes the write did not change included.
+            for byte in &mut durable[start..end] {
+                *byte = rng.next_u64() as u8;
+            }
+            stats.pages_garbage += 1;
+        }
+    }
+}
+
 /// What a crash did, for test diagnostics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct CrashStats {
     pub sectors_kept_new: u64,
     pub sectors_kept_old: u64,
     pub sectors_torn: u64,
+    pub pages_garbage: u64,
 }
 
 impl SimMedium {
@@ -83,32 +144,39 @@ impl SimMedium {
         self.fail_syncs.store(fail, Ordering::SeqCst);
     }
 
-    /// A power cut: every dirty sector of every file independently keeps its new bytes, its
-    /// old bytes, or a torn mix, chosen by `seed`. Handles opened before are dead afterwards.
+    /// Cuts the power inside the `calls`-th medium call from now (1 = the next one): a
+    /// write lands (dirty) and then fails, a sync or directory operation fails undone, and
+    /// every call after it fails, until [`SimMedium::crash`] resolves what reached the medium.
+    pub fn crash_after(&self, calls: u64) {
+        assert!(calls >= 1);
+        self.countdown.store(calls as i64, Ordering::SeqCst);
+    }
+
+    /// True once a planned in-call crash has happened (and `crash` has not yet run).
+    pub fn has_crashed(&self) -> bool {
+        self.countdown.load(Ordering::SeqCst) < 0
+    }
+
+    /// A power cut: every 4 KiB page holding a dirty sector keeps its new bytes, its old bytes,
+    /// a per-sector torn mix, or garbage over the whole page, chosen by `seed`. Handles opened
+    /// before are dead afterwards.
     pub fn crash(&self, seed: u64) -> CrashStats {
         let mut rng = SplitMix64::new(seed);
         let mut stats = CrashStats::default();
         let mut state = self.state.lock().unwrap();
+        self.countdown.store(0, Ordering::SeqCst);
         let names: Vec<String> = state.files.keys().cloned().collect();
         for name in names {
             let old = state.files.get(&name).cloned().expect("listed");
             let mut image = old.lock().unwrap();
             let mut durable = image.durable.clone();
-            for &sector in &image.dirty_sectors {
-                let start = (sector * SECTOR_BYTES) as usize;
-                let end = (start + SECTOR_BYTES as usize).min(image.live.len());
-                match rng.below(3) {
-                    0 => {
-                        durable[start..end].copy_from_slice(&image.live[start..end]);
-                        stats.sectors_kept_new += 1;
-                    }
-                    1 => stats.sectors_kept_old += 1,
-                    _ => {
-                        let cut = start + rng.below((end - start) as u64) as usize;
-                        durable[start..cut].copy_from_slice(&image.live[start..cut]);
-                        stats.sectors_torn += 1;
-                    }
-                }
+            let pages: BTreeSet<u64> = image
+                .dirty_sectors
+                .iter()
+                .map(|s| s * SECTOR_BYTES / PAGE_BYTES)
+                .collect();
+            for page in pages {
+                resolve_page(&image, &mut durable, page, &mut rng, &mut stats);
             }
             image.dead = true;
             let fresh = FileImage {
@@ -121,6 +189,11 @@ impl SimMedium {
             state.files.insert(name, Arc::new(Mutex::new(fresh)));
         }
         stats
+    }
+
+    /// Counts one medium call against a planned crash: `Err` once the power is out.
+    fn tick(&self) -> io::Result<bool> {
+        tick(&self.countdown)
     }
 
     /// The live bytes of a file, for tests that corrupt or inspect it.
@@ -164,10 +237,14 @@ impl Medium for SimMedium {
         Ok(Box::new(SimFile {
             image,
             fail_syncs: self.fail_syncs.clone(),
+            countdown: self.countdown.clone(),
         }))
     }
 
     fn create(&self, name: &str, len: u64, head: &[u8]) -> io::Result<Box<dyn MediumFile>> {
+        if self.tick()? {
+            return Err(io::Error::other("simulated power cut during create"));
+        }
         let mut bytes = vec![0u8; len as usize];
         bytes[..head.len()].copy_from_slice(head);
         self.set_file_bytes(name, bytes);
@@ -175,6 +252,9 @@ impl Medium for SimMedium {
     }
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        if self.tick()? {
+            return Err(io::Error::other("simulated power cut during rename"));
+        }
         let mut state = self.state.lock().unwrap();
         let image = state
             .files
@@ -185,6 +265,9 @@ impl Medium for SimMedium {
     }
 
     fn remove(&self, name: &str) -> io::Result<()> {
+        if self.tick()? {
+            return Err(io::Error::other("simulated power cut during remove"));
+        }
         let mut state = self.state.lock().unwrap();
         state
             .files
@@ -206,6 +289,7 @@ impl Medium for SimMedium {
 struct SimFile {
     image: Arc<Mutex<FileImage>>,
     fail_syncs: Arc<AtomicBool>,
+    countdown: Arc<AtomicI64>,
 }
 
 fn dead() -> io::Error {
@@ -232,6 +316,7 @@ impl MediumFile for SimFile {
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let crash_now = tick(&self.countdown)?;
         let mut image = self.image.lock().unwrap();
         if image.dead {
             return Err(dead());
@@ -247,16 +332,25 @@ impl MediumFile for SimFile {
             let last = (end as u64 - 1) / SECTOR_BYTES;
             image.dirty_sectors.extend(first..=last);
         }
+        if crash_now {
+            return Err(io::Error::other("simulated power cut during write"));
+        }
         Ok(())
     }
 
     fn sync(&self) -> io::Result<()> {
-        if self.fail_syncs.load(Ordering::SeqCst) {
-            return Err(io::Error::other("simulated fdatasync failure (EIO)"));
+        if tick(&self.countdown)? {
+            return Err(io::Error::other("simulated power cut during sync"));
         }
         let mut image = self.image.lock().unwrap();
         if image.dead {
             return Err(dead());
+        }
+        if self.fail_syncs.load(Ordering::SeqCst) {
+            // Linux after a writeback error: the pages are clean again, the medium never got
+            // them, and the next fdatasync has nothing to write.
+            image.dirty_sectors.clear();
+            return Err(io::Error::other("simulated fdatasync failure (EIO)"));
         }
         let FileImage {
             live,

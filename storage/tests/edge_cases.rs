@@ -48,7 +48,7 @@ fn empty_log_reads_nothing_and_verifies_clean() {
             durable_seq: 0,
             first_seq: 1,
             segments: 1,
-            disk_bytes: 4096,
+            disk_bytes: 24 * 1024,
             dropped_events: 0,
             syncs: 0,
             poisoned: None,
@@ -60,7 +60,7 @@ fn empty_log_reads_nothing_and_verifies_clean() {
     let clean = RecoveryReport {
         segments: 1,
         next_seq: 1,
-        bytes_scanned: 4096,
+        bytes_scanned: 24 * 1024,
         ..RecoveryReport::default()
     };
     let (log, report) = Log::open_read_only(dir, tiny_options(), &mut |_, _| {}).unwrap();
@@ -219,7 +219,7 @@ fn second_writer_on_the_same_directory_is_locked_out() {
 }
 
 #[test]
-fn failed_sync_poisons_the_writer_until_reopened() {
+fn failed_sync_poisons_the_writer_and_reopen_does_not_certify_the_page_cache() {
     let medium = SimMedium::new();
     let (log, _) = Log::open_with_medium(Arc::new(medium.clone()), tiny_options()).unwrap();
     let event = |n: i64| Event::new(Kind::Sensor, "s", Value::Int(n)).unwrap();
@@ -251,12 +251,23 @@ fn failed_sync_poisons_the_writer_until_reopened() {
     assert_eq!(read, [1], "readers see only what is durable");
     drop(log);
 
-    // Reopening runs recovery on what the medium holds. No power was cut, so the simulated
-    // medium still holds seq 2 as written; recovery finds it and makes it durable.
+    // Reopening runs recovery on what the medium holds. The failed sync dropped seq 2's dirty
+    // sectors (Linux's behaviour: the cache keeps the bytes, clean, the medium never got them),
+    // so recovery must write them again before it calls them durable. A power cut right after
+    // the reopen then must not lose seq 2.
     let (log, report) = Log::open_with_medium(Arc::new(medium.clone()), tiny_options()).unwrap();
     assert!(report.is_clean(), "{:?}", report.problems());
     assert_eq!((report.records, report.next_seq), (2, 3));
     assert_eq!(log.stats().poisoned, None);
+    drop(log);
+    medium.crash(7);
+    let (log, report) = Log::open_with_medium(Arc::new(medium.clone()), tiny_options()).unwrap();
+    assert_eq!(
+        (report.records, report.next_seq),
+        (2, 3),
+        "reopen after a failed sync certified the page cache: {:?}",
+        report.problems()
+    );
     assert_eq!(log.append(event(3)).unwrap(), 3);
     log.sync().unwrap();
     log.set_cursor("forward", 3).unwrap();
@@ -298,4 +309,40 @@ fn source_longer_than_64_bytes_is_rejected() {
             ..
         })
     ));
+}
+
+/// Finding: recovery in the same boot as a failed fdatasync read the page cache and called it
+/// durable (Linux returns 0 from a new fdatasync once the dirty pages were dropped). Here the
+/// unsynced frames span several pages, more than the tail-page copy holds: only rewriting them
+/// before the sync keeps them across the power cut that follows.
+#[test]
+fn reopen_after_failed_sync_rewrites_unsynced_pages_before_calling_them_durable() {
+    let options = edgecap_storage::LogOptions {
+        segment_bytes: 64 * 1024,
+        ..tiny_options()
+    };
+    let medium = SimMedium::new();
+    let (log, _) = Log::open_with_medium(Arc::new(medium.clone()), options.clone()).unwrap();
+    let event = |n: u64| Event::new(Kind::Sensor, "s", Value::String(format!("{n:060}"))).unwrap();
+    log.append(event(1)).unwrap();
+    log.sync().unwrap();
+    for n in 2..=120 {
+        assert_eq!(log.append(event(n)).unwrap(), n);
+    }
+    medium.fail_syncs(true);
+    assert!(log.sync().is_err());
+    drop(log);
+    medium.fail_syncs(false);
+    let (log, report) = Log::open_with_medium(Arc::new(medium.clone()), options.clone()).unwrap();
+    assert_eq!(report.records, 120, "{:?}", report.problems());
+    drop(log);
+    medium.crash(11);
+    let (log, report) = Log::open_with_medium(Arc::new(medium), options).unwrap();
+    assert_eq!(
+        (report.records, report.tail_cut.as_ref().map(|c| c.bytes)),
+        (120, None),
+        "records called durable by the reopen were lost: {:?}",
+        report.problems()
+    );
+    assert_eq!(read_all(&log).len(), 120);
 }

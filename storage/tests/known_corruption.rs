@@ -11,7 +11,12 @@
 //!
 //! Unless a test says otherwise, every event has a payload that is a multiple of 8 bytes long
 //! and contains no zero byte, so a frame has no padding and its last byte is non-zero: byte
-//! counts in the reports are then exact frame arithmetic (offset `64 + index * frame_bytes`).
+//! counts in the reports are then exact frame arithmetic (offset `4096 + index * frame_bytes`).
+//!
+//! Format v2 keeps a copy of the last, partly filled data page of each segment (the tail-page
+//! slots at its end) and a proof of how far the log was durable. Damage the copy covers is put
+//! back with nothing lost; tests that exercise the scan itself also wipe the copies
+//! (`lose_tail_copies`), or damage bytes that no sync ever covered (`write_unsynced`).
 //!
 //! Tests marked `SRC BUG` found real bugs in `src/` (now fixed); they stay as regressions.
 
@@ -23,26 +28,27 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use common::tiny_options;
-use edgecap_storage::cursor::encode_slot;
-use edgecap_storage::limits::SEGMENT_HEADER_BYTES;
+use edgecap_storage::cursor::{encode_slot, CURSOR_SLOT_BYTES};
+use edgecap_storage::limits::{SEGMENT_DATA_START, SEGMENT_TRAILER_BYTES};
 use edgecap_storage::record::{encode_frame, frame_bytes};
 use edgecap_storage::segment::segment_name;
 use edgecap_storage::{
     source_from_str, CursorReport, DamageReport, Error, Event, Kind, Log, LogOptions, OnFull,
-    QuarantineReport, RecoveryReport, SeqRange, TailCut, Value,
+    QuarantineReport, RecoveryReport, SeqRange, TailCut, TailRestore, Value, CUT_SUFFIX,
 };
 use tempfile::TempDir;
 
-/// Payload of most events here: 64 bytes, an 80-byte frame, so a tiny (4 KiB) segment holds
-/// (4096 - 64) / 80 = 50 records.
+/// Payload of most events here: 64 bytes, an 80-byte frame, so a tiny (24 KiB) segment with
+/// its one 4 KiB data page holds 4096 / 80 = 51 records: segments start at seqs 1, 52, 103.
 const PAYLOAD_BYTES: usize = 64;
 const FRAME_BYTES: u64 = 80;
-const TINY_SEGMENT_BYTES: u64 = 4096;
+const TINY_SEGMENT_BYTES: u64 = 24 * 1024;
 
 const CURSOR_ONE_SLOT: &str = "one slot torn or invalid; the other slot's value is used";
 const CURSOR_BOTH_SLOTS: &str = "both slots invalid; cursor reset to 0";
 
-/// 64 KiB segments, so a 4 KiB page can be zeroed in the middle of the data.
+/// 64 KiB segments (data at 4096..49152, 11 pages), so a 4 KiB page can be zeroed in the
+/// middle of the data, away from the last page the tail copy covers.
 fn big_options() -> LogOptions {
     LogOptions {
         segment_bytes: 64 * 1024,
@@ -96,7 +102,33 @@ fn append_events(log: &Log, count: u64, payload_bytes: usize) -> Vec<Event> {
 
 /// Offset of the frame with index `index` in a segment of equal frames.
 fn frame_offset(index: u64, frame: u64) -> u64 {
-    SEGMENT_HEADER_BYTES + index * frame
+    SEGMENT_DATA_START + index * frame
+}
+
+/// Zeroes both tail-page slots of a segment file: the copy and the durability proof are gone.
+fn lose_tail_copies(path: &Path) {
+    let len = fs::metadata(path).unwrap().len();
+    write_at(
+        path,
+        len - SEGMENT_TRAILER_BYTES,
+        &vec![0; SEGMENT_TRAILER_BYTES as usize],
+    );
+}
+
+/// Writes frames for `seqs` at `offset`, as appends that no sync covered leave them.
+fn write_unsynced(path: &Path, offset: u64, seqs: &[u64]) -> Vec<u8> {
+    let mut frames = Vec::new();
+    for &seq in seqs {
+        let payload = postcard::to_stdvec(&event(seq, PAYLOAD_BYTES)).unwrap();
+        encode_frame(seq, &payload, &mut frames);
+    }
+    write_at(path, offset, &frames);
+    frames
+}
+
+/// The side file a repairing open keeps cut bytes in.
+fn cut_name(first_seq: u64, offset: u64) -> String {
+    format!("{first_seq:020}-{offset:012}{CUT_SUFFIX}")
 }
 
 fn open(dir: &Path, options: LogOptions) -> (Log, RecoveryReport) {
@@ -144,11 +176,21 @@ fn verify(dir: &Path, options: LogOptions) -> (RecoveryReport, Vec<Event>) {
     (report, events)
 }
 
+/// The report of a repairing open: `repaired`, and a cut's bytes kept in its side file.
 fn repaired(report: RecoveryReport) -> RecoveryReport {
+    let tail_cut = report.tail_cut.clone().map(|cut| TailCut {
+        kept_in: (cut.bytes > 0).then(|| cut_name(first_seq_of(&cut.segment), cut.offset)),
+        ..cut
+    });
     RecoveryReport {
         repaired: true,
+        tail_cut,
         ..report
     }
+}
+
+fn first_seq_of(segment: &str) -> u64 {
+    segment[..20].parse().unwrap()
 }
 
 fn seg_path(dir: &Path, first_seq: u64) -> PathBuf {
@@ -174,7 +216,7 @@ fn read_range(path: &Path, from: u64, to: u64) -> Vec<u8> {
     fs::read(path).unwrap()[from as usize..to as usize].to_vec()
 }
 
-/// Writes 60 events (segment 1: seqs 1..=50, segment 51: 51..=60), closes, returns them.
+/// Writes 60 events (segment 1: seqs 1..=51, segment 52: 52..=60), closes, returns them.
 fn two_tiny_segments(dir: &Path) -> Vec<Event> {
     let (log, _) = open(dir, tiny_options());
     let events = append_events(&log, 60, PAYLOAD_BYTES);
@@ -182,7 +224,7 @@ fn two_tiny_segments(dir: &Path) -> Vec<Event> {
     events
 }
 
-/// Writes 120 events (segments 1: 1..=50, 51: 51..=100, 101: 101..=120), closes, returns them.
+/// Writes 120 events (segments 1: 1..=51, 52: 52..=102, 103: 103..=120), closes, returns them.
 fn three_tiny_segments(dir: &Path) -> Vec<Event> {
     let (log, _) = open(dir, tiny_options());
     let events = append_events(&log, 120, PAYLOAD_BYTES);
@@ -190,16 +232,63 @@ fn three_tiny_segments(dir: &Path) -> Vec<Event> {
     events
 }
 
-// a. A flipped CRC bit in the last record of the last segment.
+// a. A flipped CRC bit in the last, synced record of the last segment: the tail-page copy
+// holds that page as it was synced, so recovery puts it back and nothing is lost.
 #[test]
-fn flipped_crc_bit_in_last_record_cuts_exactly_that_record() {
+fn flipped_crc_bit_in_last_synced_record_is_restored_from_the_tail_copy() {
     let tmp = TempDir::new().unwrap();
     let dir = tmp.path();
     let events = two_tiny_segments(dir);
-    let last = seg_path(dir, 51);
-    let offset = frame_offset(9, FRAME_BYTES); // seq 60, the 10th frame of segment 51
-    assert_eq!(offset, 784);
+    let last = seg_path(dir, 52);
+    let offset = frame_offset(8, FRAME_BYTES); // seq 60, the 9th frame of segment 52
+    assert_eq!(offset, 4736);
+    let synced = fs::read(&last).unwrap();
     flip_bit(&last, offset + 4, 0x01); // the crc32 field
+
+    let expected = RecoveryReport {
+        segments: 2,
+        records: 60,
+        first_seq: Some(1),
+        last_seq: Some(60),
+        next_seq: 61,
+        bytes_scanned: 2 * TINY_SEGMENT_BYTES,
+        tail_restored: vec![TailRestore {
+            segment: segment_name(52),
+            offset: SEGMENT_DATA_START,
+            bytes: 9 * FRAME_BYTES,
+        }],
+        ..RecoveryReport::default()
+    };
+    let (report, read) = verify(dir, tiny_options());
+    assert_eq!(report, expected);
+    assert_eq!(read, events);
+
+    let (log, report) = open(dir, tiny_options());
+    assert_eq!(report, repaired(expected));
+    assert_eq!(read_ok(&log, 1), events);
+    let data = SEGMENT_DATA_START as usize..offset as usize + FRAME_BYTES as usize;
+    assert!(fs::read(&last).unwrap()[data.clone()] == synced[data]);
+    assert_eq!(log.append(event(61, PAYLOAD_BYTES)).unwrap(), 61);
+    log.sync().unwrap();
+    drop(log);
+
+    let (report, read) = verify(dir, tiny_options());
+    assert!(report.is_clean(), "{:?}", report.problems());
+    assert_eq!(report.next_seq, 62);
+    assert_eq!(read.len(), 61);
+}
+
+// a. The same flipped bit when the tail-page copies are lost too: nothing proves seq 60 was
+// durable, so it is cut as a torn tail (its bytes kept in a side file) and its seq reused.
+#[test]
+fn flipped_crc_bit_in_last_record_without_tail_copies_cuts_exactly_that_record() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path();
+    let events = two_tiny_segments(dir);
+    let last = seg_path(dir, 52);
+    let offset = frame_offset(8, FRAME_BYTES);
+    flip_bit(&last, offset + 4, 0x01);
+    lose_tail_copies(&last);
 
     let expected = RecoveryReport {
         segments: 2,
@@ -209,11 +298,13 @@ fn flipped_crc_bit_in_last_record_cuts_exactly_that_record() {
         next_seq: 60,
         bytes_scanned: 2 * TINY_SEGMENT_BYTES,
         tail_cut: Some(TailCut {
-            segment: segment_name(51),
-            offset: 784,
+            segment: segment_name(52),
+            offset,
             bytes: FRAME_BYTES,
             records: 0,
             reason: "CRC mismatch".into(),
+            highest_seq: None,
+            kept_in: None,
         }),
         ..RecoveryReport::default()
     };
@@ -221,12 +312,16 @@ fn flipped_crc_bit_in_last_record_cuts_exactly_that_record() {
     assert_eq!(report, expected);
     assert_eq!(read, events[..59]);
 
+    let torn = read_range(&last, offset, offset + FRAME_BYTES);
     let (log, report) = open(dir, tiny_options());
     assert_eq!(report, repaired(expected));
     assert_eq!(read_ok(&log, 1), events[..59]);
     assert!(read_range(&last, offset, offset + FRAME_BYTES)
         .iter()
         .all(|&b| b == 0));
+    // The cut bytes are kept, after a 64-byte header, in the side file.
+    let kept = fs::read(dir.join(cut_name(52, offset))).unwrap();
+    assert!(kept[64..] == torn[..]);
     assert_eq!(log.append(event(60, PAYLOAD_BYTES)).unwrap(), 60);
     log.sync().unwrap();
     drop(log);
@@ -238,20 +333,22 @@ fn flipped_crc_bit_in_last_record_cuts_exactly_that_record() {
     assert_eq!(read[59], event(60, PAYLOAD_BYTES));
 }
 
-// b. A flipped bit in an older, sealed segment: damage, not a tail cut.
+// b. A flipped bit in an older, sealed segment (its tail copy lost too): damage to exactly
+// that record; the scan resyncs on the next frame and every later record is still served.
 #[test]
 fn flipped_bit_in_sealed_segment_is_damage_with_exact_lost_range() {
     let tmp = TempDir::new().unwrap();
     let dir = tmp.path();
     let (log, _) = open(dir, tiny_options());
     let events = append_events(&log, 120, PAYLOAD_BYTES);
-    let middle = seg_path(dir, 51);
-    let offset = frame_offset(9, FRAME_BYTES); // seq 60
+    let middle = seg_path(dir, 52);
+    let offset = frame_offset(8, FRAME_BYTES); // seq 60
     flip_bit(&middle, offset + 16 + 5, 0x10); // a payload byte
+    lose_tail_copies(&middle);
 
-    // While the log is open, the reader meets the bad record: one Err, then the next segment.
+    // While the log is open, the reader meets the bad record: one Err, then seq 61 on.
     let results: Vec<_> = log.reader(1).collect();
-    assert_eq!(results.len(), 59 + 1 + 20);
+    assert_eq!(results.len(), 120);
     for (result, expected) in results[..59].iter().zip(&events[..59]) {
         assert_eq!(result.as_ref().unwrap(), expected);
     }
@@ -263,13 +360,14 @@ fn flipped_bit_in_sealed_segment_is_damage_with_exact_lost_range() {
             reason,
         }) => {
             assert_eq!(
-                (segment.as_str(), *at, *expected_seq, reason.as_str()),
-                (segment_name(51).as_str(), offset, 60, "CRC mismatch")
+                (segment.as_str(), *at, *expected_seq),
+                (segment_name(52).as_str(), offset, 60)
             );
+            assert!(reason.starts_with("CRC mismatch"), "{reason}");
         }
         other => panic!("expected Error::Corrupt for seq 60, got {other:?}"),
     }
-    for (result, expected) in results[60..].iter().zip(&events[100..]) {
+    for (result, expected) in results[60..].iter().zip(&events[60..]) {
         assert_eq!(result.as_ref().unwrap(), expected);
     }
     drop(results);
@@ -278,20 +376,20 @@ fn flipped_bit_in_sealed_segment_is_damage_with_exact_lost_range() {
     // After a reopen, recovery knows the lost range; readers skip it without an error.
     let expected = RecoveryReport {
         segments: 3,
-        records: 50 + 9 + 20,
+        records: 119,
         first_seq: Some(1),
         last_seq: Some(120),
         next_seq: 121,
         bytes_scanned: 3 * TINY_SEGMENT_BYTES,
         damaged: vec![DamageReport {
-            segment: segment_name(51),
+            segment: segment_name(52),
             offset,
-            lost: Some(SeqRange { from: 60, to: 100 }),
+            lost: Some(SeqRange { from: 60, to: 60 }),
             reason: "CRC mismatch".into(),
         }],
         ..RecoveryReport::default()
     };
-    let survivors: Vec<Event> = events[..59].iter().chain(&events[100..]).cloned().collect();
+    let survivors: Vec<Event> = events[..59].iter().chain(&events[60..]).cloned().collect();
     let (report, read) = verify(dir, tiny_options());
     assert_eq!(report, expected);
     assert_eq!(read, survivors);
@@ -300,50 +398,53 @@ fn flipped_bit_in_sealed_segment_is_damage_with_exact_lost_range() {
     let (log, report) = open(dir, tiny_options());
     assert_eq!(report, repaired(expected.clone()));
     assert_eq!(read_ok(&log, 1), survivors);
-    // A reader starting inside the lost range goes on with the next segment.
-    assert_eq!(read_ok(&log, 70), events[100..]);
+    // A reader starting on the lost seq goes on with the next one.
+    assert_eq!(read_ok(&log, 60), events[60..]);
+    assert_eq!(read_ok(&log, 70), events[69..]);
     assert_eq!(log.append(event(121, PAYLOAD_BYTES)).unwrap(), 121);
     log.sync().unwrap();
     drop(log);
     // Damage is reported, not repaired: the damaged segment keeps its bytes.
     assert!(damaged_bytes == fs::read(&middle).unwrap());
 
-    // Reopening again finds the same damage (no loop, no panic) and serves the later segments.
+    // Reopening again finds the same damage (no loop, no panic) and serves the later records.
     let (log, report) = open(dir, tiny_options());
     assert_eq!(
         report,
         RecoveryReport {
-            records: 80,
+            records: 120,
             last_seq: Some(121),
             next_seq: 122,
             ..repaired(expected.clone())
         }
     );
-    assert_eq!(read_ok(&log, 1).len(), 80);
+    assert_eq!(read_ok(&log, 1).len(), 120);
     drop(log);
     let (report, _) = verify(dir, tiny_options());
     assert_eq!(report.damaged, expected.damaged);
 }
 
-// c. Truncation mid-record in the last segment: the second half of the last frame is zero.
+// c. A torn last write: seq 11 appended but never synced, and only its first half reached the
+// medium. Above the durability proof (seq 10), so it is cut as a torn tail.
 #[test]
-fn zeroed_second_half_of_last_frame_is_cut_as_torn_tail() {
+fn zeroed_second_half_of_unsynced_last_frame_is_cut_as_torn_tail() {
     let tmp = TempDir::new().unwrap();
     let dir = tmp.path();
     let (log, _) = open(dir, tiny_options());
     let events = append_events(&log, 10, PAYLOAD_BYTES);
     drop(log);
     let segment = seg_path(dir, 1);
-    let offset = frame_offset(9, FRAME_BYTES); // seq 10
+    let offset = frame_offset(10, FRAME_BYTES); // seq 11
+    write_unsynced(&segment, offset, &[11]);
     let half = FRAME_BYTES / 2;
     write_at(&segment, offset + half, &[0; FRAME_BYTES as usize / 2]);
 
     let expected = RecoveryReport {
         segments: 1,
-        records: 9,
+        records: 10,
         first_seq: Some(1),
-        last_seq: Some(9),
-        next_seq: 10,
+        last_seq: Some(10),
+        next_seq: 11,
         bytes_scanned: TINY_SEGMENT_BYTES,
         tail_cut: Some(TailCut {
             segment: segment_name(1),
@@ -351,60 +452,61 @@ fn zeroed_second_half_of_last_frame_is_cut_as_torn_tail() {
             bytes: half, // the surviving first half, every byte of it non-zero
             records: 0,
             reason: "CRC mismatch".into(),
+            highest_seq: None,
+            kept_in: None,
         }),
         ..RecoveryReport::default()
     };
     let (report, read) = verify(dir, tiny_options());
     assert_eq!(report, expected);
-    assert_eq!(read, events[..9]);
+    assert_eq!(read, events);
 
     let (log, report) = open(dir, tiny_options());
     assert_eq!(report, repaired(expected));
-    assert!(read_range(&segment, offset, TINY_SEGMENT_BYTES)
+    assert!(read_range(&segment, offset, 2 * SEGMENT_DATA_START)
         .iter()
         .all(|&b| b == 0));
-    assert_eq!(log.append(event(10, PAYLOAD_BYTES)).unwrap(), 10);
+    assert_eq!(log.append(event(11, PAYLOAD_BYTES)).unwrap(), 11);
     log.sync().unwrap();
     drop(log);
     let (report, read) = verify(dir, tiny_options());
     assert!(report.is_clean(), "{:?}", report.problems());
-    assert_eq!(read.len(), 10);
-    assert_eq!(read[9], event(10, PAYLOAD_BYTES));
+    assert_eq!(read.len(), 11);
+    assert_eq!(read[10], event(11, PAYLOAD_BYTES));
 }
 
-// c. A sealed segment file cut short with set_len: its header no longer matches its length.
+// c. A sealed segment file cut short with set_len: its header no longer matches its length,
+// and too little is left to rebuild one.
 #[test]
 fn sealed_segment_truncated_by_set_len_is_quarantined() {
     let tmp = TempDir::new().unwrap();
     let dir = tmp.path();
     let events = three_tiny_segments(dir);
-    let middle = seg_path(dir, 51);
+    let middle = seg_path(dir, 52);
     OpenOptions::new()
         .write(true)
         .open(&middle)
         .unwrap()
-        .set_len(2048)
+        .set_len(6144)
         .unwrap();
-    // Whole frames left in 2048 bytes: (2048 - 64) / 80 = 24, seqs 51..=74.
 
     let expected = RecoveryReport {
         segments: 2,
-        records: 70,
+        records: 69,
         first_seq: Some(1),
         last_seq: Some(120),
         next_seq: 121,
         bytes_scanned: 2 * TINY_SEGMENT_BYTES,
         quarantined: vec![QuarantineReport {
-            segment: segment_name(51),
-            reason: "header says 4096 bytes, file has 2048".into(),
-            // The highest seq found in its frames (FORMAT.md, Recovery step 2)...
-            lost: Some(SeqRange { from: 51, to: 100 }),
+            segment: segment_name(52),
+            reason: "header says 24576 bytes, file has 6144".into(),
+            // Everything between the neighbours.
+            lost: Some(SeqRange { from: 52, to: 102 }),
         }],
-        // ...while the whole hole between the neighbours shows as a gap.
         gaps: vec![],
         ..RecoveryReport::default()
     };
-    let survivors: Vec<Event> = events[..50].iter().chain(&events[100..]).cloned().collect();
+    let survivors: Vec<Event> = events[..51].iter().chain(&events[102..]).cloned().collect();
     let (report, read) = verify(dir, tiny_options());
     assert_eq!(report, expected);
     assert_eq!(read, survivors);
@@ -414,10 +516,10 @@ fn sealed_segment_truncated_by_set_len_is_quarantined() {
     assert_eq!(report, repaired(expected));
     assert!(!middle.exists());
     assert_eq!(
-        fs::metadata(dir.join(format!("{:020}.seg.quarantine", 51)))
+        fs::metadata(dir.join(format!("{:020}.seg.quarantine", 52)))
             .unwrap()
             .len(),
-        2048
+        6144
     );
     assert_eq!(read_ok(&log, 1), survivors);
     assert_eq!(log.append(event(121, PAYLOAD_BYTES)).unwrap(), 121);
@@ -428,61 +530,110 @@ fn sealed_segment_truncated_by_set_len_is_quarantined() {
     assert!(report.is_clean(), "{:?}", report.problems());
     assert!(
         report.gaps.is_empty(),
-        "the quarantine file explains 51..=100"
+        "the quarantine file explains 52..=102"
     );
     assert_eq!(report.next_seq, 122);
-    assert_eq!(read.len(), 71);
+    assert_eq!(read.len(), 70);
 }
 
-// d. A zeroed 4 KiB page in the middle of the data of the last segment.
+// d. A zeroed 4 KiB page in the middle of the last segment, below the durable point (the
+// second sync's tail copy proves seq 100): damage, not a tail cut. The durable records after
+// the page are all still served.
 #[test]
-fn zeroed_page_in_last_segment_cuts_the_tail_at_that_page() {
+fn zeroed_page_below_durable_point_in_last_segment_keeps_later_records() {
     let tmp = TempDir::new().unwrap();
     let dir = tmp.path();
     let (log, _) = open(dir, big_options());
-    // 240-byte payloads: 256-byte frames at 64 + 256 * i.
+    // 240-byte payloads: 256-byte frames at 4096 + 256 * i.
+    let mut events = append_events(&log, 100, 240);
+    events.extend(append_events(&log, 1, 240));
+    drop(log);
+    let segment = seg_path(dir, 1);
+    write_at(&segment, 8192, &[0; 4096]);
+    // Frames 16..=31 (seqs 17..=32) are gone; seqs 33..=101 are intact.
+    assert_eq!(frame_offset(16, 256), 8192);
+
+    let expected = RecoveryReport {
+        segments: 1,
+        records: 85,
+        first_seq: Some(1),
+        last_seq: Some(101),
+        next_seq: 102,
+        bytes_scanned: 64 * 1024,
+        damaged: vec![DamageReport {
+            segment: segment_name(1),
+            offset: 8192,
+            lost: Some(SeqRange { from: 17, to: 32 }),
+            reason: "zero bytes where seq 17 was expected, data after them".into(),
+        }],
+        ..RecoveryReport::default()
+    };
+    let survivors: Vec<Event> = events[..16].iter().chain(&events[32..]).cloned().collect();
+    let (report, read) = verify(dir, big_options());
+    assert_eq!(report, expected);
+    assert_eq!(read, survivors);
+
+    let (log, report) = open(dir, big_options());
+    assert_eq!(report, repaired(expected.clone()));
+    assert_eq!(read_ok(&log, 1), survivors);
+    assert_eq!(read_ok(&log, 20), events[32..]);
+    // A damaged segment is not appended to: seq 102 starts a new one.
+    assert_eq!(log.append(event(102, 240)).unwrap(), 102);
+    log.sync().unwrap();
+    assert_eq!(log.stats().segments, 2);
+    drop(log);
+    let (report, read) = verify(dir, big_options());
+    assert_eq!(report.damaged, expected.damaged);
+    assert_eq!(read.len(), 86);
+}
+
+// d. The same zeroed page, all the records after it never synced (the copies lost too, so
+// nothing proves them): a torn tail, cut at the page; the valid frames' seqs are not reused.
+#[test]
+fn zeroed_page_above_any_proof_in_last_segment_cuts_the_tail_there() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path();
+    let (log, _) = open(dir, big_options());
     let events = append_events(&log, 100, 240);
     drop(log);
     let segment = seg_path(dir, 1);
-    write_at(&segment, 4096, &[0; 4096]);
-    // Frame 15 (seq 16, at 3904..4160) loses its end; frames 16..=30 are gone; frame 31
-    // (seq 32, at 8000..8256) loses its start; frames 32..=99 (seqs 33..=100) are intact.
-    let offset = frame_offset(15, 256);
-    assert_eq!(offset, 3904);
+    lose_tail_copies(&segment);
+    write_at(&segment, 8192, &[0; 4096]);
     let data_end = frame_offset(100, 256);
 
     let expected = RecoveryReport {
         segments: 1,
-        records: 15,
+        records: 16,
         first_seq: Some(1),
-        last_seq: Some(15),
-        next_seq: 16,
+        last_seq: Some(16),
+        next_seq: 101,
         bytes_scanned: 64 * 1024,
         tail_cut: Some(TailCut {
             segment: segment_name(1),
-            offset,
-            bytes: data_end - offset,
+            offset: 8192,
+            bytes: data_end - 8192,
             records: 68,
-            reason: "CRC mismatch".into(),
+            reason: "zero bytes where seq 17 was expected, data after them".into(),
+            highest_seq: Some(100),
+            kept_in: None,
         }),
+        gaps: vec![SeqRange { from: 17, to: 100 }],
         ..RecoveryReport::default()
     };
     let (report, read) = verify(dir, big_options());
     assert_eq!(report, expected);
-    assert_eq!(read, events[..15]);
+    assert_eq!(read, events[..16]);
 
     let (log, report) = open(dir, big_options());
     assert_eq!(report, repaired(expected));
-    assert_eq!(read_ok(&log, 1), events[..15]);
-    assert!(read_range(&segment, offset, 64 * 1024)
-        .iter()
-        .all(|&b| b == 0));
-    assert_eq!(log.append(event(16, 240)).unwrap(), 16);
+    assert_eq!(read_ok(&log, 1), events[..16]);
+    assert!(read_range(&segment, 8192, data_end).iter().all(|&b| b == 0));
+    assert_eq!(log.append(event(101, 240)).unwrap(), 101);
     log.sync().unwrap();
     drop(log);
     let (report, read) = verify(dir, big_options());
     assert!(report.is_clean(), "{:?}", report.problems());
-    assert_eq!(read.len(), 16);
+    assert_eq!(read.len(), 17);
 }
 
 // d. A zeroed 4 KiB page in the middle of an older segment.
@@ -491,29 +642,29 @@ fn zeroed_page_in_older_segment_is_damage() {
     let tmp = TempDir::new().unwrap();
     let dir = tmp.path();
     let (log, _) = open(dir, big_options());
-    // 255 frames of 256 bytes fill a 64 KiB segment: segment 1 = 1..=255, 256 = 256..=275.
+    // 176 frames of 256 bytes fill a segment's data: segment 1 = 1..=176, 177 = 177..=275.
     let events = append_events(&log, 275, 240);
     assert_eq!(log.stats().segments, 2);
     drop(log);
     let older = seg_path(dir, 1);
-    write_at(&older, 4096, &[0; 4096]);
+    write_at(&older, 8192, &[0; 4096]);
 
     let expected = RecoveryReport {
         segments: 2,
-        records: 15 + 20,
+        records: 275 - 16,
         first_seq: Some(1),
         last_seq: Some(275),
         next_seq: 276,
         bytes_scanned: 2 * 64 * 1024,
         damaged: vec![DamageReport {
             segment: segment_name(1),
-            offset: 3904,
-            lost: Some(SeqRange { from: 16, to: 255 }),
-            reason: "CRC mismatch".into(),
+            offset: 8192,
+            lost: Some(SeqRange { from: 17, to: 32 }),
+            reason: "zero bytes where seq 17 was expected, data after them".into(),
         }],
         ..RecoveryReport::default()
     };
-    let survivors: Vec<Event> = events[..15].iter().chain(&events[255..]).cloned().collect();
+    let survivors: Vec<Event> = events[..16].iter().chain(&events[32..]).cloned().collect();
     let (report, read) = verify(dir, big_options());
     assert_eq!(report, expected);
     assert_eq!(read, survivors);
@@ -526,43 +677,89 @@ fn zeroed_page_in_older_segment_is_damage() {
     drop(log);
     let (report, read) = verify(dir, big_options());
     assert_eq!(report.damaged, expected.damaged);
-    assert_eq!(read.len(), 36);
+    assert_eq!(read.len(), 260);
 }
 
-// e. A garbage header on the last segment.
+// e. A garbage header on the last segment: the name, the length and the first frame agree, so
+// the header is rebuilt; every record is kept.
+#[test]
+fn garbage_header_on_last_segment_is_rebuilt_and_nothing_is_lost() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path();
+    let events = two_tiny_segments(dir);
+    let last = seg_path(dir, 52);
+    write_at(&last, 0, &[0xEE; 64]);
+
+    let expected = RecoveryReport {
+        segments: 2,
+        records: 60,
+        first_seq: Some(1),
+        last_seq: Some(60),
+        next_seq: 61,
+        bytes_scanned: 2 * TINY_SEGMENT_BYTES,
+        damaged: vec![DamageReport {
+            segment: segment_name(52),
+            offset: 0,
+            lost: None,
+            reason: "header CRC mismatch; header rebuilt from the file name and length".into(),
+        }],
+        ..RecoveryReport::default()
+    };
+    let (report, read) = verify(dir, tiny_options());
+    assert_eq!(report, expected);
+    assert_eq!(read, events);
+
+    let (log, report) = open(dir, tiny_options());
+    assert_eq!(report, repaired(expected));
+    assert_eq!(read_ok(&log, 1), events);
+    assert_eq!(log.append(event(61, PAYLOAD_BYTES)).unwrap(), 61);
+    log.sync().unwrap();
+    drop(log);
+    let (report, read) = verify(dir, tiny_options());
+    assert!(report.is_clean(), "{:?}", report.problems());
+    assert_eq!(read.len(), 61);
+}
+
+/// Garbage over the header and the first frame: no header can be trusted or rebuilt.
+fn ruin_header_and_first_frame(path: &Path) {
+    write_at(path, 0, &[0xEE; SEGMENT_DATA_START as usize + 64]);
+}
+
+// e. Garbage over the header and the first frame of the last segment: quarantined, and seqs
+// move on past every frame it held.
 #[test]
 fn garbage_header_on_last_segment_is_quarantined_and_seqs_move_on() {
     let tmp = TempDir::new().unwrap();
     let dir = tmp.path();
     let events = two_tiny_segments(dir);
-    let last = seg_path(dir, 51);
-    write_at(&last, 0, &[0xEE; 64]);
+    let last = seg_path(dir, 52);
+    ruin_header_and_first_frame(&last);
 
     let expected = RecoveryReport {
         segments: 1,
-        records: 50,
+        records: 51,
         first_seq: Some(1),
-        last_seq: Some(50),
+        last_seq: Some(51),
         next_seq: 61,
         bytes_scanned: TINY_SEGMENT_BYTES,
         quarantined: vec![QuarantineReport {
-            segment: segment_name(51),
+            segment: segment_name(52),
             reason: "header CRC mismatch".into(),
-            lost: Some(SeqRange { from: 51, to: 60 }),
+            lost: Some(SeqRange { from: 52, to: 60 }),
         }],
         gaps: vec![],
         ..RecoveryReport::default()
     };
     let (report, read) = verify(dir, tiny_options());
     assert_eq!(report, expected);
-    assert_eq!(read, events[..50]);
+    assert_eq!(read, events[..51]);
 
     let (log, report) = open(dir, tiny_options());
     assert_eq!(report, repaired(expected));
     assert!(!last.exists());
-    assert!(dir.join(format!("{:020}.seg.quarantine", 51)).exists());
+    assert!(dir.join(format!("{:020}.seg.quarantine", 52)).exists());
     assert!(seg_path(dir, 61).exists());
-    assert_eq!(read_ok(&log, 1), events[..50]);
+    assert_eq!(read_ok(&log, 1), events[..51]);
     // Greater than every seq ever used, including the quarantined ones.
     assert_eq!(log.append(event(61, PAYLOAD_BYTES)).unwrap(), 61);
     log.sync().unwrap();
@@ -572,41 +769,37 @@ fn garbage_header_on_last_segment_is_quarantined_and_seqs_move_on() {
     assert!(report.is_clean(), "{:?}", report.problems());
     assert!(
         report.gaps.is_empty(),
-        "the quarantine file explains 51..=60"
+        "the quarantine file explains 52..=60"
     );
     assert_eq!(report.next_seq, 62);
-    assert_eq!(read.len(), 51);
-    assert_eq!(read[50], event(61, PAYLOAD_BYTES));
+    assert_eq!(read.len(), 52);
+    assert_eq!(read[51], event(61, PAYLOAD_BYTES));
 }
 
-// e. A garbage header on a segment in the middle.
+// e. A garbage header on a segment in the middle, its first frame ruined too.
 #[test]
 fn garbage_header_on_middle_segment_is_quarantined() {
     let tmp = TempDir::new().unwrap();
     let dir = tmp.path();
     let events = three_tiny_segments(dir);
-    write_at(
-        &seg_path(dir, 51),
-        0,
-        b"not an edgecap segment header, just garbage bytes...",
-    );
+    ruin_header_and_first_frame(&seg_path(dir, 52));
 
     let expected = RecoveryReport {
         segments: 2,
-        records: 70,
+        records: 69,
         first_seq: Some(1),
         last_seq: Some(120),
         next_seq: 121,
         bytes_scanned: 2 * TINY_SEGMENT_BYTES,
         quarantined: vec![QuarantineReport {
-            segment: segment_name(51),
+            segment: segment_name(52),
             reason: "header CRC mismatch".into(),
-            lost: Some(SeqRange { from: 51, to: 100 }),
+            lost: Some(SeqRange { from: 52, to: 102 }),
         }],
         gaps: vec![],
         ..RecoveryReport::default()
     };
-    let survivors: Vec<Event> = events[..50].iter().chain(&events[100..]).cloned().collect();
+    let survivors: Vec<Event> = events[..51].iter().chain(&events[102..]).cloned().collect();
     let (report, read) = verify(dir, tiny_options());
     assert_eq!(report, expected);
     assert_eq!(read, survivors);
@@ -628,16 +821,16 @@ fn garbage_header_on_middle_segment_is_quarantined() {
 // Recovery learns the highest seq of a quarantined segment only on the open that quarantines
 // it; later opens take `first_seq - 1` from the quarantine file's name. The new segment that
 // would carry the floor forward is created afterwards by `Log::open_inner`, so if the process
-// dies (or `create_segment` fails) in between, the next open hands out seqs 51..=60 again.
+// dies (or `create_segment` fails) in between, the next open hands out seqs 52..=60 again.
 #[test]
 fn quarantined_last_segment_seqs_are_not_reused_after_a_crash_before_the_next_segment() {
     let tmp = TempDir::new().unwrap();
     let dir = tmp.path();
     two_tiny_segments(dir);
-    let last = seg_path(dir, 51);
-    write_at(&last, 0, &[0xEE; 64]);
+    let last = seg_path(dir, 52);
+    ruin_header_and_first_frame(&last);
     // Exactly what recovery does before the crash: the durable rename, nothing after it.
-    fs::rename(&last, dir.join(format!("{:020}.seg.quarantine", 51))).unwrap();
+    fs::rename(&last, dir.join(format!("{:020}.seg.quarantine", 52))).unwrap();
 
     let (log, report) = open(dir, tiny_options());
     assert_eq!(
@@ -646,11 +839,12 @@ fn quarantined_last_segment_seqs_are_not_reused_after_a_crash_before_the_next_se
             log.append(event(61, PAYLOAD_BYTES)).unwrap()
         ),
         (61, 61),
-        "seqs 51..=60 were used by the quarantined segment and must not be reused: {report:?}"
+        "seqs 52..=60 were used by the quarantined segment and must not be reused: {report:?}"
     );
 }
 
-// f. A stale frame past the real tail: valid CRC, but a seq that does not follow.
+// f. Stale frames past the real tail: valid CRCs, but seqs that do not follow. Cut, counted,
+// never read, and their seqs never handed out again.
 #[test]
 fn stale_frame_past_the_tail_is_cut_counted_and_never_read() {
     let tmp = TempDir::new().unwrap();
@@ -660,20 +854,15 @@ fn stale_frame_past_the_tail_is_cut_counted_and_never_read() {
     drop(log);
     let segment = seg_path(dir, 1);
     let tail = frame_offset(10, FRAME_BYTES);
-    let mut frames = Vec::new();
-    for stale_seq in [42, 43] {
-        let payload = postcard::to_stdvec(&event(stale_seq, PAYLOAD_BYTES)).unwrap();
-        encode_frame(stale_seq, &payload, &mut frames);
-    }
+    let frames = write_unsynced(&segment, tail, &[42, 43]);
     assert_eq!(frames.len() as u64, 2 * FRAME_BYTES);
-    write_at(&segment, tail, &frames);
 
     let expected = RecoveryReport {
         segments: 1,
         records: 10,
         first_seq: Some(1),
         last_seq: Some(10),
-        next_seq: 11,
+        next_seq: 44,
         bytes_scanned: TINY_SEGMENT_BYTES,
         tail_cut: Some(TailCut {
             segment: segment_name(1),
@@ -681,7 +870,10 @@ fn stale_frame_past_the_tail_is_cut_counted_and_never_read() {
             bytes: 2 * FRAME_BYTES,
             records: 2,
             reason: "seq 42 where 11 was expected (stale or misplaced record)".into(),
+            highest_seq: Some(43),
+            kept_in: None,
         }),
+        gaps: vec![SeqRange { from: 11, to: 43 }],
         ..RecoveryReport::default()
     };
     let (report, read) = verify(dir, tiny_options());
@@ -691,12 +883,11 @@ fn stale_frame_past_the_tail_is_cut_counted_and_never_read() {
     let (log, report) = open(dir, tiny_options());
     assert_eq!(report, repaired(expected));
     assert_eq!(read_ok(&log, 1), events);
-    assert_eq!(log.append(event(11, PAYLOAD_BYTES)).unwrap(), 11);
+    assert_eq!(log.append(event(44, PAYLOAD_BYTES)).unwrap(), 44);
     log.sync().unwrap();
     let read = read_ok(&log, 1);
     assert_eq!(read.len(), 11);
-    assert!(read.iter().all(|e| e.seq <= 11));
-    assert_eq!(read[10], event(11, PAYLOAD_BYTES));
+    assert_eq!(read[10], event(44, PAYLOAD_BYTES));
     drop(log);
     let (report, _) = verify(dir, tiny_options());
     assert!(report.is_clean(), "{:?}", report.problems());
@@ -752,7 +943,7 @@ fn cursor_moved_twice(dir: &Path) -> PathBuf {
 /// A torn write into `slot`: the first 20 bytes of a newer slot over the old ones.
 fn tear_slot(path: &Path, slot: u64) {
     let newer = encode_slot(slot + 2, 99);
-    write_at(path, slot * 512, &newer[..20]);
+    write_at(path, slot * CURSOR_SLOT_BYTES, &newer[..20]);
 }
 
 fn cursor_report(seq: u64, problem: Option<&str>) -> RecoveryReport {
@@ -772,7 +963,10 @@ fn cursor_report(seq: u64, problem: Option<&str>) -> RecoveryReport {
     }
 }
 
-fn cursor_file(slot0: [u8; 512], slot1: [u8; 512]) -> Vec<u8> {
+fn cursor_file(
+    slot0: [u8; CURSOR_SLOT_BYTES as usize],
+    slot1: [u8; CURSOR_SLOT_BYTES as usize],
+) -> Vec<u8> {
     let mut bytes = slot0.to_vec();
     bytes.extend_from_slice(&slot1);
     bytes
@@ -912,55 +1106,58 @@ fn cursor_ahead_of_log_leaves_a_gap_and_seqs_continue_past_it() {
     );
 }
 
-// h. A cursor left ahead when the tail it pointed into is cut: those seqs are not reused.
+// h. A bad frame below the cursor, with the tail-page copies lost: the cursor proves seqs
+// up to 10 were durable (a consumer had them), so seq 9 is damage, not a torn tail; seq 10
+// after it is still served and no seq is reused.
 #[test]
-fn cursor_ahead_after_a_tail_cut_prevents_seq_reuse() {
+fn bad_frame_below_the_cursor_is_damage_not_a_tail_cut() {
     let tmp = TempDir::new().unwrap();
     let dir = tmp.path();
     let (log, _) = open(dir, tiny_options());
     let events = append_events(&log, 10, PAYLOAD_BYTES);
     log.set_cursor("forward", 10).unwrap();
     drop(log);
+    let segment = seg_path(dir, 1);
     let offset = frame_offset(8, FRAME_BYTES); // seq 9
-    flip_bit(&seg_path(dir, 1), offset + 4, 0x80);
+    flip_bit(&segment, offset + 4, 0x80);
+    lose_tail_copies(&segment);
 
     let expected = RecoveryReport {
         segments: 1,
-        records: 8,
+        records: 9,
         first_seq: Some(1),
-        last_seq: Some(8),
+        last_seq: Some(10),
         next_seq: 11,
         bytes_scanned: TINY_SEGMENT_BYTES,
-        tail_cut: Some(TailCut {
+        damaged: vec![DamageReport {
             segment: segment_name(1),
             offset,
-            bytes: 2 * FRAME_BYTES,
-            records: 1, // seq 10, CRC-valid, cut with the bad seq 9 before it
+            lost: Some(SeqRange { from: 9, to: 9 }),
             reason: "CRC mismatch".into(),
-        }),
+        }],
         cursors: vec![CursorReport {
             name: "forward".into(),
             seq: 10,
             problem: None,
         }],
-        gaps: vec![SeqRange { from: 9, to: 10 }],
         ..RecoveryReport::default()
     };
+    let survivors: Vec<Event> = events[..8].iter().chain(&events[9..]).cloned().collect();
     let (report, read) = verify(dir, tiny_options());
     assert_eq!(report, expected);
-    assert_eq!(read, events[..8]);
+    assert_eq!(read, survivors);
 
     let (log, report) = open(dir, tiny_options());
     assert_eq!(report, repaired(expected));
+    assert_eq!(read_ok(&log, 1), survivors);
     assert_eq!(log.append(event(11, PAYLOAD_BYTES)).unwrap(), 11);
     log.sync().unwrap();
     let read = read_ok(&log, 1);
-    assert_eq!(read[..8], events[..8]);
-    assert_eq!(read[8..], [event(11, PAYLOAD_BYTES)]);
+    assert_eq!(read[..9], survivors);
+    assert_eq!(read[9..], [event(11, PAYLOAD_BYTES)]);
     drop(log);
     let (report, _) = verify(dir, tiny_options());
-    assert!(report.is_clean(), "{:?}", report.problems());
-    assert_eq!(report.gaps, [SeqRange { from: 9, to: 10 }]);
+    assert_eq!(report.next_seq, 12);
 }
 
 // i. A zero-length segment file after the last one.
@@ -1035,11 +1232,14 @@ fn zero_length_last_file_does_not_let_stale_bytes_become_records() {
     write_at(&segment, frame_offset(10, FRAME_BYTES), &tail);
     fs::File::create(seg_path(dir, 11)).unwrap();
 
-    let (log, _) = open(dir, tiny_options());
-    let mut new_11 = event(11, PAYLOAD_BYTES);
-    new_11.wall_ms = 2000; // a different event with a frame of the same size
-    assert_eq!(postcard::to_stdvec(&new_11).unwrap().len(), PAYLOAD_BYTES);
-    assert_eq!(log.append(new_11.clone()).unwrap(), 11);
+    // Segment 1 is still the tail (the file after it proves nothing): the unsynced bytes are
+    // cut, and seq 12, seen in them, is never handed out again.
+    let (log, report) = open(dir, tiny_options());
+    assert_eq!(report.next_seq, 13, "{report:?}");
+    let mut new_13 = event(13, PAYLOAD_BYTES);
+    new_13.wall_ms = 2000; // a different event with a frame of the same size
+    assert_eq!(postcard::to_stdvec(&new_13).unwrap().len(), PAYLOAD_BYTES);
+    assert_eq!(log.append(new_13.clone()).unwrap(), 13);
     log.sync().unwrap();
     drop(log);
 
@@ -1048,8 +1248,8 @@ fn zero_length_last_file_does_not_let_stale_bytes_become_records() {
     assert_eq!(read[..10], events);
     assert_eq!(
         read[10..],
-        [new_11],
-        "only seq 11 was appended after recovery; report: {report:?}"
+        [new_13],
+        "only seq 13 was appended after recovery; report: {report:?}"
     );
 }
 

@@ -7,7 +7,7 @@
 //! model's events from its oldest stored seq through `durable_seq`, in order and byte-identical;
 //! with `on_full = reject` nothing past the cursor may ever be removed; with `drop_oldest` every
 //! removed event past the cursor is counted as dropped. A crash may keep any prefix of the
-//! unsynced events, never fewer than the synced ones.
+//! unsynced events, never fewer than the synced ones; seqs of cut events are never reused.
 //!
 //! `EDGECAP_MODEL_RUNS` (default 400) sets the number of seeded runs; a failure prints its seed,
 //! and `EDGECAP_SEED=<seed> EDGECAP_MODEL_RUNS=1` reruns it.
@@ -28,12 +28,14 @@ struct Harness {
     cursor: u64,
     /// Highest first_seq seen: stored history only ever shrinks from the front.
     first_seq_seen: u64,
+    /// Seqs up to here were used (a crash's cut frames included): never handed out again.
+    seq_floor: u64,
 }
 
 impl Harness {
     fn check(&mut self, step: &str) -> Result<(), String> {
         let stats = self.log.stats();
-        let appended = self.model.back().map_or(0, |e| e.seq);
+        let appended = self.model.back().map_or(0, |e| e.seq).max(self.seq_floor);
         if stats.appended_seq != appended {
             return Err(format!(
                 "{step}: appended_seq {} but model has {appended}",
@@ -110,6 +112,7 @@ fn run(seed: u64) -> Result<(), String> {
         model: VecDeque::new(),
         cursor: 0,
         first_seq_seen: 1,
+        seq_floor: 0,
     };
     let mut n = 0;
     for step in 0..250 {
@@ -176,7 +179,7 @@ fn run(seed: u64) -> Result<(), String> {
             if !report.damaged.is_empty() || !report.quarantined.is_empty() {
                 return Err(format!("step {step}: damage after crash: {report:?}"));
             }
-            let survived = log.appended_seq();
+            let survived = report.last_seq.unwrap_or(0);
             if survived < durable {
                 return Err(format!(
                     "step {step}: crash lost synced seqs {}..={durable}",
@@ -186,6 +189,8 @@ fn run(seed: u64) -> Result<(), String> {
             while h.model.back().is_some_and(|e| e.seq > survived) {
                 h.model.pop_back();
             }
+            // Cut frames' seqs are never reused: the log goes on past them.
+            h.seq_floor = log.appended_seq();
             h.cursor = log.cursor("forward").unwrap_or(0);
             h.log = log;
         } else {

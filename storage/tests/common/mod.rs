@@ -3,11 +3,12 @@
 
 use edgecap_storage::{Event, Kind, LogOptions, OnFull, SplitMix64, Value};
 
-/// Tiny segments so rotation and retention happen constantly.
+/// Tiny segments (the 24 KiB minimum: one 4 KiB data page) so rotation and retention happen
+/// constantly.
 pub fn tiny_options() -> LogOptions {
     LogOptions {
-        segment_bytes: 4096,
-        disk_bytes_max: 4096 * 16,
+        segment_bytes: 24 * 1024,
+        disk_bytes_max: 24 * 1024 * 16,
         on_full: OnFull::DropOldest,
         record_bytes_max: 1024,
     }
