@@ -404,7 +404,7 @@ fn a_pipelined_status_reflects_every_event_acked_before_it() {
 #[test]
 fn a_full_log_under_reject_still_stops_cleanly_and_restarts() {
     let root = tempfile::tempdir().unwrap();
-    let storage = "segment_size = \"16KiB\"\nmax_disk = \"48KiB\"\non_full = \"reject\"\n";
+    let storage = "segment_size = \"36KiB\"\nmax_disk = \"108KiB\"\non_full = \"reject\"\n";
     let mut daemon = Daemon::start_with_storage(root.path(), storage, "");
     let big = "x".repeat(1000);
     let mut rejected = None;
@@ -415,7 +415,7 @@ fn a_full_log_under_reject_still_stops_cleanly_and_restarts() {
             break;
         }
     }
-    let rejected = rejected.expect("a 48 KiB budget is full after 200 events of 1 KB");
+    let rejected = rejected.expect("a 108 KiB budget is full after 200 events of 1 KB");
     assert!(
         rejected["error"].as_str().unwrap().contains("full"),
         "{rejected}"

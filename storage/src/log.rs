@@ -100,15 +100,23 @@ impl LogOptions {
                 ),
             );
         }
-        if self.record_bytes_max == 0
-            || self.record_bytes_max > RECORD_PAYLOAD_BYTES_MAX_FORMAT
-            || SEGMENT_DATA_START + frame_bytes(self.record_bytes_max) + SEGMENT_TRAILER_BYTES
-                > self.segment_bytes
-        {
+        if self.record_bytes_max == 0 || self.record_bytes_max > RECORD_PAYLOAD_BYTES_MAX_FORMAT {
             return invalid(
                 "record_bytes_max",
                 format!(
-                    "{} does not fit a segment of {} bytes",
+                    "{} is outside 1..={RECORD_PAYLOAD_BYTES_MAX_FORMAT}",
+                    self.record_bytes_max
+                ),
+            );
+        }
+        let needed =
+            SEGMENT_DATA_START + frame_bytes(self.record_bytes_max) + SEGMENT_TRAILER_BYTES;
+        if needed > self.segment_bytes {
+            let needed = needed.div_ceil(PAGE_BYTES) * PAGE_BYTES;
+            return invalid(
+                "record_bytes_max",
+                format!(
+                    "a record of up to {} bytes needs segments of at least {needed} bytes, not {}",
                     self.record_bytes_max, self.segment_bytes
                 ),
             );
