@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use edgecap_storage::{Log, RecoveryReport, Value};
+use edgecap_storage::{Log, RecoveryReport, SeqRange, Value};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, watch};
 
@@ -222,6 +222,9 @@ fn record_start(log: &Log, report: &RecoveryReport, config: &Config) -> anyhow::
     for problem in report.problems() {
         tracing::warn!(%problem, "recovery");
     }
+    for warning in &report.warnings {
+        tracing::warn!(%warning, "data directory");
+    }
     // A clean stop leaves a `stop` event last; anything else means the previous run was
     // killed or lost power, which is recorded as a recovery even when no byte was cut.
     let last = log.durable_seq();
@@ -247,38 +250,92 @@ fn record_start(log: &Log, report: &RecoveryReport, config: &Config) -> anyhow::
             ]),
         ),
     )?;
-    if unclean || !report.is_clean() || !report.gaps.is_empty() {
-        let cut = report.tail_cut.as_ref();
-        let lost: Vec<Value> = report
-            .damaged
-            .iter()
-            .filter_map(|d| d.lost)
-            .chain(report.quarantined.iter().filter_map(|q| q.lost))
-            .map(|r| Value::Array(vec![Value::UInt(r.from), Value::UInt(r.to)]))
-            .collect();
-        append_system(
-            log,
-            system_event(
-                "edgecap",
-                Value::Object(vec![
-                    ("event".into(), Value::String("recovery".into())),
-                    ("unclean_shutdown".into(), Value::Bool(unclean)),
-                    ("bytes_cut".into(), Value::UInt(cut.map_or(0, |c| c.bytes))),
-                    (
-                        "records_cut".into(),
-                        Value::UInt(cut.map_or(0, |c| c.records)),
-                    ),
-                    ("lost_ranges".into(), Value::Array(lost)),
-                    (
-                        "problems".into(),
-                        Value::Array(report.problems().into_iter().map(Value::String).collect()),
-                    ),
-                ]),
-            ),
-        )?;
+    let noteworthy = unclean
+        || !report.is_clean()
+        || !report.gaps.is_empty()
+        || report.front_gap.is_some()
+        || !report.warnings.is_empty();
+    if noteworthy {
+        let limit = log.options().record_bytes_max;
+        append_system(log, bounded_recovery_event(report, unclean, limit))?;
     }
     log.sync()?;
     Ok(())
+}
+
+/// Most problems and lost ranges listed in one `recovery` event; the totals are always there.
+const RECOVERY_LIST_MAX: usize = 32;
+/// Longest problem sentence kept in a `recovery` event, in bytes.
+const PROBLEM_CHARS_MAX: usize = 240;
+
+/// The `recovery` event, shrunk until it fits the record limit: the lists are halved (their
+/// totals stay), then dropped. A report that cannot be stored must never stop a start.
+fn bounded_recovery_event(
+    report: &RecoveryReport,
+    unclean: bool,
+    limit: usize,
+) -> edgecap_storage::Event {
+    let mut keep = RECOVERY_LIST_MAX;
+    loop {
+        let event = recovery_event(report, unclean, keep);
+        let fits = postcard::to_stdvec(&event).is_ok_and(|bytes| bytes.len() <= limit);
+        if fits || keep == 0 {
+            return event;
+        }
+        keep /= 2;
+    }
+}
+
+fn recovery_event(report: &RecoveryReport, unclean: bool, keep: usize) -> edgecap_storage::Event {
+    let cut = report.tail_cut.as_ref();
+    let range = |r: SeqRange| Value::Array(vec![Value::UInt(r.from), Value::UInt(r.to)]);
+    let lost: Vec<SeqRange> = report
+        .damaged
+        .iter()
+        .filter_map(|d| d.lost)
+        .chain(report.quarantined.iter().filter_map(|q| q.lost))
+        .collect();
+    let problems: Vec<String> = report
+        .problems()
+        .into_iter()
+        .chain(report.warnings.clone())
+        .collect();
+    let shorten = |p: &String| {
+        let mut end = p.len().min(PROBLEM_CHARS_MAX);
+        while !p.is_char_boundary(end) {
+            end -= 1;
+        }
+        Value::String(p[..end].to_string())
+    };
+    let uint = |n: usize| Value::UInt(n as u64);
+    let mut fields = vec![
+        ("event".into(), Value::String("recovery".into())),
+        ("unclean_shutdown".into(), Value::Bool(unclean)),
+        ("bytes_cut".into(), Value::UInt(cut.map_or(0, |c| c.bytes))),
+        (
+            "records_cut".into(),
+            Value::UInt(cut.map_or(0, |c| c.records)),
+        ),
+        (
+            "lost_ranges".into(),
+            Value::Array(lost.iter().take(keep).map(|&r| range(r)).collect()),
+        ),
+        ("lost_ranges_total".into(), uint(lost.len())),
+        (
+            "problems".into(),
+            Value::Array(problems.iter().take(keep).map(shorten).collect()),
+        ),
+        ("problems_total".into(), uint(problems.len())),
+        ("gaps_total".into(), uint(report.gaps.len())),
+        ("pages_restored".into(), uint(report.tail_restored.len())),
+    ];
+    if let Some(front) = report.front_gap {
+        fields.push(("front_gap".into(), range(front)));
+    }
+    if let Some(kept_in) = cut.and_then(|c| c.kept_in.clone()) {
+        fields.push(("cut_kept_in".into(), Value::String(kept_in)));
+    }
+    system_event("edgecap", Value::Object(fields))
 }
 
 /// Appends one of the daemon's own `system` events (start, recovery, stop). With
@@ -327,4 +384,49 @@ fn bind_socket(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("chmod {:o} {}", mode, path.display()))?;
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgecap_storage::DamageReport;
+
+    /// A report with thousands of damaged places: the event must still fit a small record
+    /// limit, or every start would fail to store it.
+    fn huge_report() -> RecoveryReport {
+        RecoveryReport {
+            damaged: (0..5000)
+                .map(|i| DamageReport {
+                    segment: format!("{:020}.seg", i * 100 + 1),
+                    offset: 4096,
+                    lost: Some(SeqRange {
+                        from: i * 100 + 1,
+                        to: i * 100 + 50,
+                    }),
+                    reason: "CRC mismatch ".repeat(40),
+                })
+                .collect(),
+            front_gap: Some(SeqRange { from: 1, to: 9 }),
+            ..RecoveryReport::default()
+        }
+    }
+
+    #[test]
+    fn recovery_event_of_a_huge_report_fits_the_record_limit() {
+        for limit in [256, 1024, 13_312] {
+            let event = bounded_recovery_event(&huge_report(), true, limit);
+            let bytes = postcard::to_stdvec(&event).unwrap().len();
+            assert!(bytes <= limit, "{bytes} bytes > limit {limit}");
+            let Value::Object(fields) = &event.value else {
+                panic!("not an object")
+            };
+            let get = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+            assert_eq!(get("lost_ranges_total"), Some(Value::UInt(5000)));
+            assert_eq!(get("problems_total"), Some(Value::UInt(5000)));
+            assert_eq!(
+                get("front_gap"),
+                Some(Value::Array(vec![Value::UInt(1), Value::UInt(9)]))
+            );
+        }
+    }
 }

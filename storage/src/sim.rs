@@ -26,6 +26,8 @@ struct FileImage {
     dirty_sectors: BTreeSet<u64>,
     /// Set at a crash: this image belongs to a dead "boot".
     dead: bool,
+    /// Byte ranges whose reads fail with EIO (a bad sector).
+    unreadable: Vec<(usize, usize)>,
 }
 
 #[derive(Debug, Default)]
@@ -184,6 +186,8 @@ impl SimMedium {
                 durable,
                 dirty_sectors: BTreeSet::new(),
                 dead: false,
+                // A bad sector stays bad across a power cut.
+                unreadable: image.unreadable.clone(),
             };
             drop(image);
             state.files.insert(name, Arc::new(Mutex::new(fresh)));
@@ -214,6 +218,19 @@ impl SimMedium {
         state
             .files
             .insert(name.to_string(), Arc::new(Mutex::new(image)));
+    }
+
+    /// Makes reads of `from..to` in `name` fail with EIO from now on, as a bad sector does
+    /// (the real medium's map would raise SIGBUS there; `read_uncached` gets the error).
+    pub fn make_unreadable(&self, name: &str, from: u64, to: u64) {
+        let state = self.state.lock().unwrap();
+        if let Some(image) = state.files.get(name) {
+            image
+                .lock()
+                .unwrap()
+                .unreadable
+                .push((from as usize, to as usize));
+        }
     }
 
     /// Names of all files.
@@ -310,6 +327,9 @@ impl MediumFile for SimFile {
                 io::ErrorKind::UnexpectedEof,
                 "read past end",
             ));
+        }
+        if image.unreadable.iter().any(|&(a, b)| a < end && start < b) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         buf.copy_from_slice(&image.live[start..end]);
         Ok(())

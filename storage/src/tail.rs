@@ -142,7 +142,8 @@ pub(crate) fn copy_page(
     }
     assert!(page % PAGE_BYTES == 0 && page < end && end - page <= PAGE_BYTES);
     let mut bytes = vec![0u8; (end - page) as usize];
-    segment.file.read_at(page, &mut bytes)?;
+    // pread: a copy must never fault on a bad sector, and needs no map.
+    segment.file.read_uncached(page, &mut bytes)?;
     let generation = segment.tail_generation.load(Ordering::Acquire) + 1;
     let slot = encode_slot(generation, page, proven_seq, &bytes);
     segment

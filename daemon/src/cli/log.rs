@@ -196,11 +196,26 @@ fn verify(dir: &Path, json: bool) -> ExitCode {
         for cursor in &report.cursors {
             println!("cursor {} = {}", cursor.name, cursor.seq);
         }
+        if let Some(front) = report.front_gap {
+            println!(
+                "front gap (released or dropped by retention): seqs {}..={}",
+                front.from, front.to
+            );
+        }
         for gap in &report.gaps {
             println!(
                 "gap (not corruption): seqs {}..={} not stored",
                 gap.from, gap.to
             );
+        }
+        if report.v1_segments > 0 {
+            println!(
+                "{} segments in format v1: read, never appended to",
+                report.v1_segments
+            );
+        }
+        for warning in &report.warnings {
+            println!("WARNING: {warning}");
         }
         for problem in &problems {
             println!("CORRUPTION: {problem}");

@@ -1,0 +1,270 @@
+//! Regressions for the storage review of dcdde6a (issue 8): each test is named after what it
+//! catches and fails on that commit. Real files (`tempfile`, `FsMedium`) unless a fault needs
+//! the simulator (a bad sector).
+
+mod common;
+
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use common::tiny_options;
+use edgecap_storage::cursor::encode_slot;
+use edgecap_storage::limits::{SEGMENT_DATA_START, SEGMENT_DATA_START_V1};
+use edgecap_storage::record::encode_frame;
+use edgecap_storage::segment::{segment_name, SegmentHeader, FORMAT_VERSION_V1};
+use edgecap_storage::{Error, Event, Kind, Log, LogOptions, OnFull, SeqRange, SimMedium, Value};
+use tempfile::TempDir;
+
+fn event(text: &str) -> Event {
+    Event::new(Kind::Sensor, "t", Value::String(text.to_string())).unwrap()
+}
+
+fn read_all(log: &Log, from: u64) -> Vec<Event> {
+    log.reader(from)
+        .map(|e| e.expect("no read error"))
+        .collect()
+}
+
+fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
+    let file = OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all_at(bytes, offset).unwrap();
+    file.sync_all().unwrap();
+}
+
+fn options(segment_bytes: u64, record_bytes_max: usize) -> LogOptions {
+    LogOptions {
+        segment_bytes,
+        disk_bytes_max: segment_bytes * 8,
+        on_full: OnFull::DropOldest,
+        record_bytes_max,
+    }
+}
+
+// Finding 1: frames above the configured append limit were rejected on read as "impossible
+// length" and cut, so lowering `ingest.max_event_bytes` destroyed stored events.
+#[test]
+fn lowering_the_append_limit_keeps_larger_stored_records_readable() {
+    let tmp = TempDir::new().unwrap();
+    let big = "x".repeat(15_000);
+    let (log, _) = Log::open(tmp.path(), options(1 << 20, 20_480)).unwrap();
+    for _ in 0..30 {
+        log.append(event(&big)).unwrap();
+    }
+    log.sync().unwrap();
+    drop(log);
+
+    let small = options(1 << 20, 4096);
+    let (log, report) = Log::open_read_only(tmp.path(), small.clone(), &mut |_, _| {}).unwrap();
+    assert!(report.is_clean(), "verify: {:?}", report.problems());
+    assert_eq!(read_all(&log, 1).len(), 30);
+    drop(log);
+    let (log, report) = Log::open(tmp.path(), small).unwrap();
+    assert!(report.is_clean(), "run: {:?}", report.problems());
+    assert_eq!(report.records, 30);
+    assert_eq!(read_all(&log, 1).len(), 30);
+    // The lower limit applies to new appends only.
+    assert!(matches!(
+        log.append(event(&big)),
+        Err(Error::RecordTooLarge { limit: 4096, .. })
+    ));
+}
+
+// Finding 4: one flipped byte in an informational header field quarantined the whole segment.
+#[test]
+fn flipped_informational_header_byte_keeps_every_record() {
+    let tmp = TempDir::new().unwrap();
+    let (log, _) = Log::open(tmp.path(), tiny_options()).unwrap();
+    for i in 0..200 {
+        log.append(event(&format!("e{i}"))).unwrap();
+    }
+    log.sync().unwrap();
+    drop(log);
+    let sealed = tmp.path().join(segment_name(1));
+    write_at(&sealed, 33, &[0x5A]); // inside created_wall_ms
+    let (log, report) = Log::open(tmp.path(), tiny_options()).unwrap();
+    assert!(report.quarantined.is_empty(), "{:?}", report.quarantined);
+    assert_eq!(report.damaged.len(), 1);
+    assert_eq!(report.damaged[0].lost, None);
+    assert!(report.damaged[0].reason.contains("header rebuilt"));
+    assert_eq!(read_all(&log, 1).len(), 200);
+}
+
+// Finding 6a: the durability check ran before `locate()`, so a reader jumping a gap returned
+// the next record even though no sync had covered it yet.
+#[test]
+fn reader_after_a_gap_never_returns_a_non_durable_record() {
+    let tmp = TempDir::new().unwrap();
+    let (log, _) = Log::open(tmp.path(), tiny_options()).unwrap();
+    for i in 0..10 {
+        log.append(event(&format!("e{i}"))).unwrap();
+    }
+    log.sync().unwrap();
+    drop(log);
+    // A cursor ahead of the log leaves the gap 11..=50.
+    let mut cursor = encode_slot(0, 50).to_vec();
+    cursor.extend_from_slice(&encode_slot(1, 50));
+    fs::write(tmp.path().join("forward.cursor"), cursor).unwrap();
+    let (log, report) = Log::open(tmp.path(), tiny_options()).unwrap();
+    assert_eq!(report.gaps, [SeqRange { from: 11, to: 50 }]);
+    assert_eq!(log.append(event("after the gap")).unwrap(), 51);
+    assert!(
+        log.reader(11).next().is_none(),
+        "seq 51 is not durable yet and must not be read"
+    );
+    log.sync().unwrap();
+    let after: Vec<u64> = read_all(&log, 11).iter().map(|e| e.seq).collect();
+    assert_eq!(after, [51]);
+}
+
+// Finding 6b: a corrupt record in the active segment made every reader skip all later
+// appended seqs, with no range reported.
+#[test]
+fn corrupt_record_in_active_segment_does_not_hide_later_appends() {
+    let tmp = TempDir::new().unwrap();
+    let (log, _) = Log::open(tmp.path(), tiny_options()).unwrap();
+    for i in 0..20 {
+        log.append(event(&format!("e{i:02}"))).unwrap();
+    }
+    log.sync().unwrap();
+    // Flip a payload byte of seq 5 under the running log.
+    let segment = tmp.path().join(segment_name(1));
+    let mut offset = SEGMENT_DATA_START;
+    let mut bytes = Vec::new();
+    for seq in 1..5 {
+        bytes.clear();
+        let e = log.reader(seq).next().unwrap().unwrap();
+        encode_frame(seq, &postcard::to_stdvec(&e).unwrap(), &mut bytes);
+        offset += bytes.len() as u64;
+    }
+    write_at(&segment, offset + 20, &[0xFF]);
+
+    let results: Vec<_> = log.reader(1).collect();
+    assert_eq!(results.len(), 20);
+    match &results[4] {
+        Err(Error::Corrupt {
+            expected_seq: 5,
+            reason,
+            ..
+        }) => assert!(reason.contains("seqs 5..=5 unreadable"), "{reason}"),
+        other => panic!("expected seq 5 to be corrupt, got {other:?}"),
+    }
+    for i in 0..5 {
+        log.append(event(&format!("later{i}"))).unwrap();
+    }
+    log.sync().unwrap();
+    // Later readers jump the known hole without an error and see every later append.
+    let seqs: Vec<u64> = read_all(&log, 1).iter().map(|e| e.seq).collect();
+    let expected: Vec<u64> = (1..=25).filter(|&s| s != 5).collect();
+    assert_eq!(seqs, expected);
+}
+
+// Finding 7: recovery read through the map, so a bad sector raised SIGBUS at every start.
+// Now it reads with pread: an unreadable sector is damage with an exact range.
+#[test]
+fn unreadable_sector_is_damage_with_a_range_not_a_crash() {
+    let medium = SimMedium::new();
+    let (log, _) = Log::open_with_medium(Arc::new(medium.clone()), tiny_options()).unwrap();
+    for i in 0..120 {
+        log.append(event(&format!("e{i:03}"))).unwrap();
+        if i % 7 == 0 {
+            log.sync().unwrap();
+        }
+    }
+    log.sync().unwrap();
+    let first_of_second = log.stats().first_seq;
+    assert_eq!(first_of_second, 1);
+    drop(log);
+    let names = medium.names();
+    let sealed = names.iter().find(|n| n.ends_with(".seg")).unwrap().clone();
+    // One 512-byte sector in the middle of the first segment's data.
+    medium.make_unreadable(
+        &sealed,
+        SEGMENT_DATA_START + 1024,
+        SEGMENT_DATA_START + 1536,
+    );
+    medium.crash(1);
+
+    let (log, report) =
+        Log::open_with_medium(Arc::new(medium.clone()), tiny_options()).expect("opens");
+    assert_eq!(report.damaged.len(), 1, "{:?}", report.problems());
+    let lost = report.damaged[0].lost.expect("a lost range");
+    assert!(lost.from > 1 && lost.to < report.last_seq.unwrap());
+    let read: Vec<u64> = read_all(&log, 1).iter().map(|e| e.seq).collect();
+    assert_eq!(read.len() as u64, 120 - (lost.to - lost.from + 1));
+    assert!(read.iter().all(|s| *s < lost.from || *s > lost.to));
+    drop(log);
+    let (_, again) =
+        Log::open_read_only_with_medium(Arc::new(medium), tiny_options()).expect("verify");
+    assert_eq!(again.damaged.len(), 1);
+}
+
+// Finding 9: a front gap left by `drop_oldest` was not reported.
+#[test]
+fn front_gap_after_drop_oldest_is_reported() {
+    let tmp = TempDir::new().unwrap();
+    let options = LogOptions {
+        disk_bytes_max: tiny_options().segment_bytes * 3,
+        ..tiny_options()
+    };
+    let (log, _) = Log::open(tmp.path(), options.clone()).unwrap();
+    for i in 0..400 {
+        log.append(event(&format!("e{i:03}"))).unwrap();
+    }
+    log.sync().unwrap();
+    let first = log.stats().first_seq;
+    assert!(first > 1, "retention dropped nothing");
+    drop(log);
+    let (_, report) = Log::open(tmp.path(), options).unwrap();
+    assert_eq!(
+        report.front_gap,
+        Some(SeqRange {
+            from: 1,
+            to: first - 1
+        })
+    );
+    assert!(report.is_clean(), "{:?}", report.problems());
+}
+
+/// A format-v1 segment as the first version wrote it: header at 0, frames from byte 64, no
+/// trailer.
+fn write_v1_segment(dir: &Path, texts: &[&str]) -> Vec<Event> {
+    let len = 24 * 1024;
+    let header = SegmentHeader {
+        version: FORMAT_VERSION_V1,
+        first_seq: 1,
+        segment_bytes: len,
+        created_wall_ms: 1,
+    };
+    let mut bytes = header.encode().to_vec();
+    bytes.resize(SEGMENT_DATA_START_V1 as usize, 0);
+    let mut events = Vec::new();
+    for (i, text) in texts.iter().enumerate() {
+        let mut e = event(text);
+        e.seq = i as u64 + 1;
+        encode_frame(e.seq, &postcard::to_stdvec(&e).unwrap(), &mut bytes);
+        events.push(e);
+    }
+    bytes.resize(len as usize, 0);
+    fs::write(dir.join(segment_name(1)), bytes).unwrap();
+    events
+}
+
+// "A v1 directory either opens correctly or is refused — never misread."
+#[test]
+fn v1_directory_opens_and_new_appends_go_to_a_v2_segment() {
+    let tmp = TempDir::new().unwrap();
+    let old = write_v1_segment(tmp.path(), &["a", "b", "c"]);
+    let (log, report) = Log::open(tmp.path(), tiny_options()).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems());
+    assert_eq!(report.v1_segments, 1);
+    assert_eq!(read_all(&log, 1), old);
+    assert_eq!(log.append(event("d")).unwrap(), 4);
+    log.sync().unwrap();
+    assert_eq!(log.stats().segments, 2, "v1 segments are never appended to");
+    drop(log);
+    let (log, report) = Log::open(tmp.path(), tiny_options()).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems());
+    assert_eq!(read_all(&log, 1).len(), 4);
+}
