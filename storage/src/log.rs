@@ -543,6 +543,12 @@ impl Log {
         let active = self.active_segment();
         self.sync_segment(&active, active.end_offset())?;
         self.set_durable(shared.appended_seq.load(Ordering::Acquire));
+        // Every frame is durable now: the seal lets later opens skip scanning this segment.
+        if let Err(e) = crate::tail::write_seal(&active).and_then(|()| active.file.sync()) {
+            let message = format!("sealing {} failed: {e}", active.name);
+            self.poison(message.clone());
+            return Err(Error::Poisoned(message));
+        }
         self.make_room()?;
         let segment = create_segment(&*shared.medium, &shared.options, writer.next_seq)?;
         shared

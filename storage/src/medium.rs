@@ -72,6 +72,9 @@ pub trait MediumFile: Send + Sync + std::fmt::Debug {
     /// Makes every completed write durable (`fdatasync`). After an error nothing is known about
     /// unsynced bytes: callers must stop writing (the log poisons itself).
     fn sync(&self) -> io::Result<()>;
+    /// Hot reads of this file use `pread` too, never a map: for files whose bytes this boot
+    /// has not read, so a bad sector is an error value rather than SIGBUS.
+    fn forbid_map(&self) {}
 }
 
 /// The real medium: a directory on a Linux file system.
@@ -335,6 +338,11 @@ impl MediumFile for FsFile {
         }
         self.check_range(offset, buf.len())?;
         self.file.read_exact_at(buf, offset)
+    }
+
+    fn forbid_map(&self) {
+        // Recovery calls this before any hot read, so nothing is mapped yet and this takes.
+        let _ = self.map.set(None);
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {

@@ -128,6 +128,9 @@ pub struct RecoveryReport {
     pub tail_restored: Vec<TailRestore>,
     /// Segments in format v1: read, never appended to.
     pub v1_segments: usize,
+    /// Sealed segments whose end a repairing open took from the seal instead of a scan
+    /// (their bytes count in `bytes_scanned` as vouched for; `verify` scans them all).
+    pub segments_sealed: usize,
     /// Assumptions of the format the medium does not meet (e.g. a copy-on-write file system).
     pub warnings: Vec<String>,
 }
@@ -407,6 +410,14 @@ fn scan_segments(
         // a usable header can hold bytes no sync covered. Files after it that were set aside
         // prove nothing (they may be debris of a creation that never completed).
         let is_tail = next_first.is_none();
+        if let Some(seal) = trusted_seal(run, &segment) {
+            segment.trust_seal(seal.last_seq, seal.end_offset);
+            segment.file.forbid_map();
+            run.report.segments_sealed += 1;
+            classify(run, &mut segment, None, false, next_first)?;
+            account(run, segment, &mut segments, total_bytes, progress);
+            continue;
+        }
         let proof = restore_tail_pages(run, &mut segment)?;
         let proof = if is_tail {
             proof.max(cursor_max)
@@ -421,16 +432,47 @@ fn scan_segments(
         if is_tail {
             redirty(run, &segment, proof)?;
         }
-        run.report.bytes_scanned += segment.file.len();
-        progress(run.report.bytes_scanned, total_bytes);
-        run.report.records += segment.record_count();
-        run.seq_floor = run.seq_floor.max(segment.last_seq());
-        if segment.version != FORMAT_VERSION {
-            run.report.v1_segments += 1;
-        }
-        segments.push(segment);
+        account(run, segment, &mut segments, total_bytes, progress);
     }
     Ok(segments)
+}
+
+/// Counts a recovered segment into the report and hands it on.
+fn account(
+    run: &mut Run<'_>,
+    segment: Segment,
+    segments: &mut Vec<Segment>,
+    total_bytes: u64,
+    progress: Progress<'_>,
+) {
+    run.report.bytes_scanned += segment.file.len();
+    progress(run.report.bytes_scanned, total_bytes);
+    run.report.records += segment.record_count();
+    run.seq_floor = run.seq_floor.max(segment.last_seq());
+    if segment.version != FORMAT_VERSION {
+        run.report.v1_segments += 1;
+    }
+    segments.push(segment);
+}
+
+/// The seal a repairing open may take a segment's end from: its header passed as written
+/// (not rebuilt) and the seal is the newest record of its trailer. Read-only opens (`verify`)
+/// never trust a seal: they check every byte.
+fn trusted_seal(run: &Run<'_>, segment: &Segment) -> Option<crate::tail::Seal> {
+    let rebuilt = run
+        .report
+        .damaged
+        .iter()
+        .any(|d| d.segment == segment.name && d.offset == 0);
+    if !run.repair || rebuilt || segment.version != FORMAT_VERSION {
+        return None;
+    }
+    let mut window = Window::uncached(&*segment.file);
+    crate::tail::read_seal(
+        &mut window,
+        segment.file.len(),
+        (segment.data_start, segment.data_end),
+    )
 }
 
 /// Phase 4: the header. `None` when the segment was quarantined.

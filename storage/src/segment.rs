@@ -192,6 +192,10 @@ pub(crate) struct Segment {
     holes: Mutex<Vec<SeqRange>>,
     /// Generation of the newest tail-page slot written (0: none yet).
     pub tail_generation: AtomicU64,
+    /// Serializes slot writes (a sync and a rotation may write the trailer at once).
+    slots: Mutex<()>,
+    /// Set when recovery took the end from a seal: never appended to again.
+    pub sealed: bool,
     pub damage: Option<Damage>,
 }
 
@@ -212,13 +216,31 @@ impl Segment {
             index: Mutex::new(Vec::new()),
             holes: Mutex::new(Vec::new()),
             tail_generation: AtomicU64::new(0),
+            slots: Mutex::new(()),
+            sealed: false,
             damage: None,
         }
     }
 
     /// True when appends may go here (v2 has the tail-page slots that make them safe).
     pub fn appendable(&self) -> bool {
-        self.version == FORMAT_VERSION && self.damage.is_none()
+        self.version == FORMAT_VERSION && self.damage.is_none() && !self.sealed
+    }
+
+    /// Held while a trailer slot is written.
+    pub fn lock_slots(&self) -> std::sync::MutexGuard<'_, ()> {
+        lock_ignoring_poison(&self.slots)
+    }
+
+    /// Takes the end of a sealed segment from its seal instead of a scan: `last_seq` and
+    /// `end_offset` as the seal says, no index points (seeks scan from the start), no holes
+    /// known until a reader meets one.
+    pub fn trust_seal(&mut self, last_seq: u64, end_offset: u64) {
+        assert!(last_seq + 1 >= self.first_seq);
+        assert!(end_offset >= self.data_start && end_offset <= self.data_end);
+        self.last_seq.store(last_seq, Ordering::Release);
+        self.end_offset.store(end_offset, Ordering::Release);
+        self.sealed = true;
     }
 
     /// Records that seqs `lost.from..=lost.to` are unreadable and the frame of `lost.to + 1`

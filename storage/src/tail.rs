@@ -21,6 +21,21 @@
 //! 36      4     crc32         over bytes 0..36 ++ the copied bytes
 //! 40      n     the copied bytes
 //! ```
+//!
+//! A seal (written at rotation, after the segment's last sync, into the next slot):
+//!
+//! ```text
+//! offset  size  field
+//! 0       8     magic         b"EDGECAPZ"
+//! 8       8     generation    u64, one past the newest copy; slot = generation % 2
+//! 16      8     last_seq      u64, seq of the last frame
+//! 24      8     end_offset    u64, one past the last frame
+//! 32      4     reserved      0
+//! 36      4     crc32         over bytes 0..36
+//! ```
+//!
+//! Only a seal whose generation is the highest in the trailer counts: a later copy (a sync
+//! racing the rotation, or appends after a seal that was not trusted) makes it stale.
 
 use std::sync::atomic::Ordering;
 
@@ -30,6 +45,17 @@ use crate::segment::{Segment, FORMAT_VERSION};
 
 /// Magic bytes of a tail-page slot.
 pub const TAIL_MAGIC: [u8; 8] = *b"EDGECAPT";
+/// Magic bytes of a seal.
+pub const SEAL_MAGIC: [u8; 8] = *b"EDGECAPZ";
+const SEAL_BYTES: usize = 40;
+
+/// A valid seal: the segment was complete and durable up to `end_offset` when it was sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Seal {
+    pub generation: u64,
+    pub last_seq: u64,
+    pub end_offset: u64,
+}
 /// Size of one slot: 8 KiB (its header and up to 4096 copied bytes).
 pub const TAIL_SLOT_BYTES: u64 = SEGMENT_TRAILER_BYTES / 2;
 
@@ -43,17 +69,12 @@ pub(crate) struct TailSlot {
 }
 
 /// File offset of the slot that copy `generation` goes to.
-pub(crate) fn slot_offset(segment_bytes: u64, generation: u64) -> u64 {
+pub fn slot_offset(segment_bytes: u64, generation: u64) -> u64 {
     segment_bytes - SEGMENT_TRAILER_BYTES + (generation % 2) * TAIL_SLOT_BYTES
 }
 
 /// The slot bytes for a copy of `bytes`, the prefix of the page at `page_offset`.
-pub(crate) fn encode_slot(
-    generation: u64,
-    page_offset: u64,
-    proven_seq: u64,
-    bytes: &[u8],
-) -> Vec<u8> {
+pub fn encode_slot(generation: u64, page_offset: u64, proven_seq: u64, bytes: &[u8]) -> Vec<u8> {
     assert!(generation >= 1 && page_offset % PAGE_BYTES == 0);
     assert!(!bytes.is_empty() && bytes.len() as u64 <= PAGE_BYTES);
     let mut out = Vec::with_capacity(TAIL_SLOT_HEADER_BYTES as usize + bytes.len());
@@ -106,6 +127,57 @@ fn decode_slot(window: &mut Window<'_>, at: u64, slot: u64, data: (u64, u64)) ->
     })
 }
 
+fn decode_seal(window: &mut Window<'_>, at: u64, slot: u64) -> Option<Seal> {
+    let bytes = window.bytes(at, SEAL_BYTES).ok()?.to_vec();
+    let field = |from: usize| u64::from_le_bytes(bytes[from..from + 8].try_into().unwrap());
+    let crc = u32::from_le_bytes(bytes[36..40].try_into().unwrap());
+    let valid =
+        bytes[0..8] == SEAL_MAGIC && field(8) % 2 == slot && crc32fast::hash(&bytes[0..36]) == crc;
+    valid.then(|| Seal {
+        generation: field(8),
+        last_seq: field(16),
+        end_offset: field(24),
+    })
+}
+
+/// The seal of a segment, if the newest valid record in its trailer is one.
+pub(crate) fn read_seal(
+    window: &mut Window<'_>,
+    segment_bytes: u64,
+    data: (u64, u64),
+) -> Option<Seal> {
+    let seal =
+        (0..2).find_map(|slot| decode_seal(window, slot_offset(segment_bytes, slot), slot))?;
+    let newest_copy = read_slots(window, segment_bytes, data)
+        .last()
+        .map_or(0, |s| s.generation);
+    let plausible = seal.end_offset >= data.0 && seal.end_offset <= data.1;
+    (seal.generation > newest_copy && plausible).then_some(seal)
+}
+
+/// Seals a segment whose every frame is durable: the caller syncs. From then on recovery may
+/// take its end from the seal instead of scanning it (FORMAT.md, "Seals").
+pub(crate) fn write_seal(segment: &Segment) -> std::io::Result<()> {
+    if segment.version != FORMAT_VERSION {
+        return Ok(());
+    }
+    let _slots = segment.lock_slots();
+    let generation = segment.tail_generation.load(Ordering::Acquire) + 1;
+    let mut bytes = Vec::with_capacity(SEAL_BYTES);
+    bytes.extend_from_slice(&SEAL_MAGIC);
+    bytes.extend_from_slice(&generation.to_le_bytes());
+    bytes.extend_from_slice(&segment.last_seq().to_le_bytes());
+    bytes.extend_from_slice(&segment.end_offset().to_le_bytes());
+    bytes.extend_from_slice(&[0; 4]);
+    let crc = crc32fast::hash(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    segment
+        .file
+        .write_at(slot_offset(segment.file.len(), generation), &bytes)?;
+    segment.tail_generation.store(generation, Ordering::Release);
+    Ok(())
+}
+
 /// The valid slots of a v2 segment with data region `data`, oldest generation first.
 pub(crate) fn read_slots(
     window: &mut Window<'_>,
@@ -141,6 +213,7 @@ pub(crate) fn copy_page(
         return Ok(());
     }
     assert!(page % PAGE_BYTES == 0 && page < end && end - page <= PAGE_BYTES);
+    let _slots = segment.lock_slots();
     let mut bytes = vec![0u8; (end - page) as usize];
     // pread: a copy must never fault on a bad sector, and needs no map.
     segment.file.read_uncached(page, &mut bytes)?;
