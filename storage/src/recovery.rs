@@ -5,7 +5,8 @@
 //! 2. [`read_cursors`]: a cursor is proof that every seq up to it was durable once.
 //! 3. [`scan_quarantined`]: learn the highest seq of files set aside earlier (no seq reuse).
 //! 4. [`open_segment`]: check each header; rebuild one whose damage is only informational
-//!    (name and length say the rest); quarantine one that cannot be trusted.
+//!    (name and length say the rest); quarantine one that cannot be trusted. In repair mode a
+//!    segment with a trusted seal ([`trusted_seal`]) takes its end from it and skips 5–8.
 //! 5. [`restore_tail_pages`]: put back a page prefix torn by a later write from its copy.
 //! 6. [`scan_frames`]: one frame scanner; after a bad frame at or below the proof point,
 //!    resync on the next CRC-valid frame with a plausible seq and serve what follows.
