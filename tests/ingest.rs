@@ -453,3 +453,37 @@ fn demo_loses_nothing() {
         "{summary}"
     );
 }
+
+// Issue 8, finding 1, as a user meets it: lowering `ingest.max_event_bytes` from 20480 to
+// 4096 and restarting destroyed 27 of 30 stored events, and `log verify` called the log clean.
+#[test]
+fn lowering_max_event_bytes_and_restarting_keeps_every_stored_event() {
+    let root = tempfile::tempdir().unwrap();
+    let storage = "segment_size = \"1MiB\"\nmax_disk = \"256MiB\"\n";
+    let mut daemon = Daemon::start_with_storage(root.path(), storage, "max_event_bytes = 20480\n");
+    let big = "x".repeat(15_000);
+    let lines: Vec<String> = (0..30).map(|_| event_line("t", big.as_str())).collect();
+    let acked = acked_seqs(&request(&daemon.socket, &lines));
+    assert_eq!(acked.len(), 30);
+    assert!(daemon.terminate().success());
+    let config = std::fs::read_to_string(&daemon.config).unwrap();
+    std::fs::write(
+        &daemon.config,
+        config.replace("max_event_bytes = 20480", "max_event_bytes = 4096"),
+    )
+    .unwrap();
+    daemon.restart();
+    assert_eq!(stored(&daemon).len(), 30, "log:\n{}", daemon.log_text());
+    // The new limit applies to new events only.
+    let reply = request(&daemon.socket, &[event_line("t", big.as_str())]).remove(0);
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert!(daemon.terminate().success());
+    let verify = edgecap()
+        .args(["log", "verify", "--json", "--dir"])
+        .arg(&daemon.dir)
+        .output()
+        .unwrap();
+    let report: Json = serde_json::from_slice(&verify.stdout).unwrap();
+    assert_eq!(report["clean"], true, "{report}");
+    assert_eq!(report["tail_cut"], Json::Null, "{report}");
+}
