@@ -33,6 +33,22 @@ struct FileImage {
 #[derive(Debug, Default)]
 struct State {
     files: BTreeMap<String, Arc<Mutex<FileImage>>>,
+    /// Directory entries as they were before a create, rename or remove that the power cut
+    /// interrupted before its directory fsync: the crash keeps the change or reverts it.
+    pending_dir: Vec<(String, Option<Arc<Mutex<FileImage>>>)>,
+}
+
+impl State {
+    /// Changes the entry `name` inside an interrupted directory operation, remembering what
+    /// it was so `crash` can revert it.
+    fn change_pending(&mut self, name: &str, image: Option<Arc<Mutex<FileImage>>>) {
+        let before = self.files.get(name).cloned();
+        self.pending_dir.push((name.to_string(), before));
+        match image {
+            Some(image) => self.files.insert(name.to_string(), image),
+            None => self.files.remove(name),
+        };
+    }
 }
 
 /// The simulated medium. Cheap to clone; clones share the same files.
@@ -133,6 +149,8 @@ pub struct CrashStats {
     pub sectors_kept_old: u64,
     pub sectors_torn: u64,
     pub pages_garbage: u64,
+    /// Directory operations interrupted by the cut and lost (0 or 1 per crash).
+    pub dir_ops_lost: u64,
 }
 
 impl SimMedium {
@@ -147,8 +165,10 @@ impl SimMedium {
     }
 
     /// Cuts the power inside the `calls`-th medium call from now (1 = the next one): a
-    /// write lands (dirty) and then fails, a sync or directory operation fails undone, and
-    /// every call after it fails, until [`SimMedium::crash`] resolves what reached the medium.
+    /// write lands (dirty) and then fails; a sync fails undone; a create, rename or remove
+    /// takes effect but fails before its directory fsync, so the crash keeps or loses the
+    /// directory entry. Every call after it fails, until [`SimMedium::crash`] resolves what
+    /// reached the medium.
     pub fn crash_after(&self, calls: u64) {
         assert!(calls >= 1);
         self.countdown.store(calls as i64, Ordering::SeqCst);
@@ -167,6 +187,17 @@ impl SimMedium {
         let mut stats = CrashStats::default();
         let mut state = self.state.lock().unwrap();
         self.countdown.store(0, Ordering::SeqCst);
+        if rng.below(2) == 0 {
+            // The interrupted directory operation never reached the medium: undo it.
+            while let Some((name, before)) = state.pending_dir.pop() {
+                match before {
+                    Some(image) => state.files.insert(name, image),
+                    None => state.files.remove(&name),
+                };
+                stats.dir_ops_lost += 1;
+            }
+        }
+        state.pending_dir.clear();
         let names: Vec<String> = state.files.keys().cloned().collect();
         for name in names {
             let old = state.files.get(&name).cloned().expect("listed");
@@ -259,38 +290,54 @@ impl Medium for SimMedium {
     }
 
     fn create(&self, name: &str, len: u64, head: &[u8]) -> io::Result<Box<dyn MediumFile>> {
-        if self.tick()? {
-            return Err(io::Error::other("simulated power cut during create"));
-        }
+        let crash_now = self.tick()?;
         let mut bytes = vec![0u8; len as usize];
         bytes[..head.len()].copy_from_slice(head);
+        if crash_now {
+            // The file was written and synced; its rename may or may not be durable.
+            let image = FileImage {
+                live: bytes.clone(),
+                durable: bytes,
+                ..FileImage::default()
+            };
+            let mut state = self.state.lock().unwrap();
+            state.change_pending(name, Some(Arc::new(Mutex::new(image))));
+            return Err(io::Error::other("simulated power cut during create"));
+        }
         self.set_file_bytes(name, bytes);
         self.open(name, true)
     }
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
-        if self.tick()? {
-            return Err(io::Error::other("simulated power cut during rename"));
-        }
+        let crash_now = self.tick()?;
         let mut state = self.state.lock().unwrap();
         let image = state
             .files
-            .remove(from)
+            .get(from)
+            .cloned()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, from.to_string()))?;
+        if crash_now {
+            state.change_pending(from, None);
+            state.change_pending(to, Some(image));
+            return Err(io::Error::other("simulated power cut during rename"));
+        }
+        state.files.remove(from);
         state.files.insert(to.to_string(), image);
         Ok(())
     }
 
     fn remove(&self, name: &str) -> io::Result<()> {
-        if self.tick()? {
+        let crash_now = self.tick()?;
+        let mut state = self.state.lock().unwrap();
+        if !state.files.contains_key(name) {
+            return Err(io::Error::new(io::ErrorKind::NotFound, name.to_string()));
+        }
+        if crash_now {
+            state.change_pending(name, None);
             return Err(io::Error::other("simulated power cut during remove"));
         }
-        let mut state = self.state.lock().unwrap();
-        state
-            .files
-            .remove(name)
-            .map(|_| ())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, name.to_string()))
+        state.files.remove(name);
+        Ok(())
     }
 
     fn lock_exclusive(&self) -> io::Result<bool> {

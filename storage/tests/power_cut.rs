@@ -16,7 +16,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{event, seed_base, tiny_options};
-use edgecap_storage::{Event, Log, LogOptions, SimMedium, SplitMix64};
+use edgecap_storage::{CrashStats, Event, Log, LogOptions, SimMedium, SplitMix64};
 
 /// Appends and syncs until the burst ends or the planned in-call crash happens. Returns the
 /// oracle: the highest seq a sync returned Ok for.
@@ -76,7 +76,8 @@ fn reopen(medium: &SimMedium, options: &LogOptions, rng: &mut SplitMix64) -> Res
     Ok(log)
 }
 
-fn schedule(seed: u64) -> Result<(), String> {
+/// One seeded schedule; returns what the main power cut did.
+fn schedule(seed: u64) -> Result<CrashStats, String> {
     let mut rng = SplitMix64::new(seed);
     let medium = SimMedium::new();
     let options = tiny_options();
@@ -135,7 +136,7 @@ fn schedule(seed: u64) -> Result<(), String> {
             read.len()
         ));
     }
-    Ok(())
+    Ok(crash)
 }
 
 #[test]
@@ -145,16 +146,31 @@ fn power_cuts_never_lose_synced_records() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(100_000);
     let base = seed_base(0x5eed_0000);
+    let mut total = CrashStats::default();
     for i in 0..count {
         let seed = base + i;
-        if let Err(message) = schedule(seed) {
-            panic!(
+        match schedule(seed) {
+            Ok(c) => {
+                total.sectors_torn += c.sectors_torn;
+                total.pages_garbage += c.pages_garbage;
+                total.dir_ops_lost += c.dir_ops_lost;
+            }
+            Err(message) => panic!(
                 "power-cut schedule failed: {message}\n  rerun: EDGECAP_SEED={seed} EDGECAP_POWER_CUTS=1 cargo test -p edgecap-storage --test power_cut"
-            );
+            ),
         }
     }
     println!(
-        "{count} power-cut schedules passed (seeds {base}..{})",
-        base + count
+        "{count} power-cut schedules passed (seeds {base}..{}): {} torn pages, {} garbage pages, {} directory operations lost",
+        base + count,
+        total.sectors_torn,
+        total.pages_garbage,
+        total.dir_ops_lost
     );
+    if count >= 1000 {
+        assert!(
+            total.pages_garbage > 0 && total.dir_ops_lost > 0,
+            "{total:?}"
+        );
+    }
 }
