@@ -163,19 +163,25 @@ pub(crate) fn write_seal(segment: &Segment) -> std::io::Result<()> {
     }
     let _slots = segment.lock_slots();
     let generation = segment.tail_generation.load(Ordering::Acquire) + 1;
-    let mut bytes = Vec::with_capacity(SEAL_BYTES);
-    bytes.extend_from_slice(&SEAL_MAGIC);
-    bytes.extend_from_slice(&generation.to_le_bytes());
-    bytes.extend_from_slice(&segment.last_seq().to_le_bytes());
-    bytes.extend_from_slice(&segment.end_offset().to_le_bytes());
-    bytes.extend_from_slice(&[0; 4]);
-    let crc = crc32fast::hash(&bytes);
-    bytes.extend_from_slice(&crc.to_le_bytes());
+    let bytes = encode_seal(generation, segment.last_seq(), segment.end_offset());
     segment
         .file
         .write_at(slot_offset(segment.file.len(), generation), &bytes)?;
     segment.tail_generation.store(generation, Ordering::Release);
     Ok(())
+}
+
+/// The bytes of a seal, for the slot `generation % 2`.
+pub fn encode_seal(generation: u64, last_seq: u64, end_offset: u64) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(SEAL_BYTES);
+    bytes.extend_from_slice(&SEAL_MAGIC);
+    bytes.extend_from_slice(&generation.to_le_bytes());
+    bytes.extend_from_slice(&last_seq.to_le_bytes());
+    bytes.extend_from_slice(&end_offset.to_le_bytes());
+    bytes.extend_from_slice(&[0; 4]);
+    let crc = crc32fast::hash(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    bytes
 }
 
 /// The valid slots of a v2 segment with data region `data`, oldest generation first.
