@@ -183,6 +183,25 @@ fn verify(dir: &Path, options: LogOptions) -> (RecoveryReport, Vec<Event>) {
     (report, events)
 }
 
+/// Appends `event(seq, payload_bytes)` to a repaired log, syncs, closes it, and checks that a
+/// read-only open finds the directory clean with seq `seq + 1` next. Returns its report and
+/// what it reads.
+fn append_then_verify_clean(
+    dir: &Path,
+    log: Log,
+    seq: u64,
+    payload_bytes: usize,
+    options: LogOptions,
+) -> (RecoveryReport, Vec<Event>) {
+    assert_eq!(log.append(event(seq, payload_bytes)).unwrap(), seq);
+    log.sync().unwrap();
+    drop(log);
+    let (report, read) = verify(dir, options);
+    assert!(report.is_clean(), "{:?}", report.problems());
+    assert_eq!(report.next_seq, seq + 1);
+    (report, read)
+}
+
 /// The report of a repairing open: `repaired`, and a cut's bytes kept in its side file.
 fn repaired(report: RecoveryReport) -> RecoveryReport {
     let tail_cut = report.tail_cut.clone().map(|cut| TailCut {
@@ -275,13 +294,7 @@ fn flipped_crc_bit_in_last_synced_record_is_restored_from_the_tail_copy() {
     assert_eq!(read_ok(&log, 1), events);
     let data = SEGMENT_DATA_START as usize..offset as usize + FRAME_BYTES as usize;
     assert!(fs::read(&last).unwrap()[data.clone()] == synced[data]);
-    assert_eq!(log.append(event(61, PAYLOAD_BYTES)).unwrap(), 61);
-    log.sync().unwrap();
-    drop(log);
-
-    let (report, read) = verify(dir, tiny_options());
-    assert!(report.is_clean(), "{:?}", report.problems());
-    assert_eq!(report.next_seq, 62);
+    let (_, read) = append_then_verify_clean(dir, log, 61, PAYLOAD_BYTES, tiny_options());
     assert_eq!(read.len(), 61);
 }
 
@@ -329,13 +342,7 @@ fn flipped_crc_bit_in_last_record_without_tail_copies_cuts_exactly_that_record()
     // The cut bytes are kept, after a 64-byte header, in the side file.
     let kept = fs::read(dir.join(cut_name(52, offset))).unwrap();
     assert!(kept[64..] == torn[..]);
-    assert_eq!(log.append(event(60, PAYLOAD_BYTES)).unwrap(), 60);
-    log.sync().unwrap();
-    drop(log);
-
-    let (report, read) = verify(dir, tiny_options());
-    assert!(report.is_clean(), "{:?}", report.problems());
-    assert_eq!(report.next_seq, 61);
+    let (_, read) = append_then_verify_clean(dir, log, 60, PAYLOAD_BYTES, tiny_options());
     assert_eq!(read[..59], events[..59]);
     assert_eq!(read[59], event(60, PAYLOAD_BYTES));
 }
@@ -473,11 +480,7 @@ fn zeroed_second_half_of_unsynced_last_frame_is_cut_as_torn_tail() {
     assert!(read_range(&segment, offset, 2 * SEGMENT_DATA_START)
         .iter()
         .all(|&b| b == 0));
-    assert_eq!(log.append(event(11, PAYLOAD_BYTES)).unwrap(), 11);
-    log.sync().unwrap();
-    drop(log);
-    let (report, read) = verify(dir, tiny_options());
-    assert!(report.is_clean(), "{:?}", report.problems());
+    let (_, read) = append_then_verify_clean(dir, log, 11, PAYLOAD_BYTES, tiny_options());
     assert_eq!(read.len(), 11);
     assert_eq!(read[10], event(11, PAYLOAD_BYTES));
 }
@@ -529,17 +532,11 @@ fn sealed_segment_truncated_by_set_len_is_quarantined() {
         6144
     );
     assert_eq!(read_ok(&log, 1), survivors);
-    assert_eq!(log.append(event(121, PAYLOAD_BYTES)).unwrap(), 121);
-    log.sync().unwrap();
-    drop(log);
-
-    let (report, read) = verify(dir, tiny_options());
-    assert!(report.is_clean(), "{:?}", report.problems());
+    let (report, read) = append_then_verify_clean(dir, log, 121, PAYLOAD_BYTES, tiny_options());
     assert!(
         report.gaps.is_empty(),
         "the quarantine file explains 52..=102"
     );
-    assert_eq!(report.next_seq, 122);
     assert_eq!(read.len(), 70);
 }
 
@@ -635,11 +632,7 @@ fn zeroed_page_above_any_proof_in_last_segment_cuts_the_tail_there() {
     assert_eq!(report, repaired(expected));
     assert_eq!(read_ok(&log, 1), events[..16]);
     assert!(read_range(&segment, 8192, data_end).iter().all(|&b| b == 0));
-    assert_eq!(log.append(event(101, 240)).unwrap(), 101);
-    log.sync().unwrap();
-    drop(log);
-    let (report, read) = verify(dir, big_options());
-    assert!(report.is_clean(), "{:?}", report.problems());
+    let (_, read) = append_then_verify_clean(dir, log, 101, 240, big_options());
     assert_eq!(read.len(), 17);
 }
 
@@ -735,11 +728,7 @@ fn garbage_header_on_last_segment_is_rebuilt_and_nothing_is_lost() {
     let (log, report) = open(dir, tiny_options());
     assert_eq!(report, repaired(expected));
     assert_eq!(read_ok(&log, 1), events);
-    assert_eq!(log.append(event(61, PAYLOAD_BYTES)).unwrap(), 61);
-    log.sync().unwrap();
-    drop(log);
-    let (report, read) = verify(dir, tiny_options());
-    assert!(report.is_clean(), "{:?}", report.problems());
+    let (_, read) = append_then_verify_clean(dir, log, 61, PAYLOAD_BYTES, tiny_options());
     assert_eq!(read.len(), 61);
 }
 
@@ -784,17 +773,11 @@ fn garbage_header_on_last_segment_is_quarantined_and_seqs_move_on() {
     assert!(seg_path(dir, 61).exists());
     assert_eq!(read_ok(&log, 1), events[..51]);
     // Greater than every seq ever used, including the quarantined ones.
-    assert_eq!(log.append(event(61, PAYLOAD_BYTES)).unwrap(), 61);
-    log.sync().unwrap();
-    drop(log);
-
-    let (report, read) = verify(dir, tiny_options());
-    assert!(report.is_clean(), "{:?}", report.problems());
+    let (report, read) = append_then_verify_clean(dir, log, 61, PAYLOAD_BYTES, tiny_options());
     assert!(
         report.gaps.is_empty(),
         "the quarantine file explains 52..=60"
     );
-    assert_eq!(report.next_seq, 62);
     assert_eq!(read.len(), 52);
     assert_eq!(read[51], event(61, PAYLOAD_BYTES));
 }
@@ -830,11 +813,7 @@ fn garbage_header_on_middle_segment_is_quarantined() {
     let (log, report) = open(dir, tiny_options());
     assert_eq!(report, repaired(expected));
     assert_eq!(read_ok(&log, 1), survivors);
-    assert_eq!(log.append(event(121, PAYLOAD_BYTES)).unwrap(), 121);
-    log.sync().unwrap();
-    drop(log);
-    let (report, _) = verify(dir, tiny_options());
-    assert!(report.is_clean(), "{:?}", report.problems());
+    append_then_verify_clean(dir, log, 121, PAYLOAD_BYTES, tiny_options());
 }
 
 // e. The state a crash (or a failed segment creation, e.g. ENOSPC) leaves between recovery
