@@ -250,11 +250,9 @@ fn record_start(log: &Log, report: &RecoveryReport, config: &Config) -> anyhow::
             ]),
         ),
     )?;
-    let noteworthy = unclean
-        || !report.is_clean()
-        || !report.gaps.is_empty()
-        || report.front_gap.is_some()
-        || !report.warnings.is_empty();
+    // The front gap and file-system warnings hold at every start once true: they ride along
+    // in a recovery event but never cause one (each start would store another).
+    let noteworthy = unclean || !report.is_clean() || !report.gaps.is_empty();
     if noteworthy {
         let limit = log.options().record_bytes_max;
         append_system(log, bounded_recovery_event(report, unclean, limit))?;
