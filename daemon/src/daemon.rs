@@ -250,9 +250,10 @@ fn record_start(log: &Log, report: &RecoveryReport, config: &Config) -> anyhow::
             ]),
         ),
     )?;
-    // The front gap and file-system warnings hold at every start once true: they ride along
-    // in a recovery event but never cause one (each start would store another).
-    let noteworthy = unclean || !report.is_clean() || !report.gaps.is_empty();
+    // Gaps, the front gap and file-system warnings hold at every start once true: they ride
+    // along in a recovery event but never cause one (each start would store another). A new
+    // gap always comes with a problem (a cut, a quarantine) or an unclean stop.
+    let noteworthy = unclean || !report.is_clean();
     if noteworthy {
         let limit = log.options().record_bytes_max;
         append_system(log, bounded_recovery_event(report, unclean, limit))?;
