@@ -139,7 +139,7 @@ write_log() {
 device_id = "smoke-$name"
 [storage]
 dir = "$dir/data"
-segment_size = "16KiB"
+segment_size = "36KiB"
 max_disk = "4MiB"
 [ingest]
 socket = "$dir/ingest.sock"
