@@ -432,11 +432,16 @@ fn validate_storage(raw: RawStorage, event_bytes_max: usize) -> Result<StorageCo
     if let Err(edgecap_storage::Error::InvalidOption { option, reason }) =
         storage.log_options(event_bytes_max).validate()
     {
-        let key = match option {
-            "max_disk" => "storage.max_disk",
-            _ => "storage.segment_size",
+        // The storage crate names its own options; the daemon maps them to its keys. The
+        // record limit follows ingest.max_event_bytes, and the fix is a larger segment.
+        return match option {
+            "disk_bytes_max" => invalid("storage.max_disk", reason),
+            "record_bytes_max" => invalid(
+                "storage.segment_size",
+                format!("{reason} (records follow ingest.max_event_bytes)"),
+            ),
+            _ => invalid("storage.segment_size", reason),
         };
-        return invalid(key, reason);
     }
     Ok(storage)
 }

@@ -12,7 +12,7 @@ pub const SEGMENT_HEADER_BYTES: u64 = 64;
 
 /// The unit a non-powersafe medium may tear or fill with garbage when power fails mid-write:
 /// one 4 KiB page (SD cards and eMMC write whole pages or more). Format v2 keeps every
-/// acknowledged byte out of any page a later write touches (FORMAT.md, "Tail pages").
+/// acknowledged byte out of any page a later write touches (FORMAT.md, "Trailer: tail-page copies and seals").
 pub const PAGE_BYTES: u64 = 4096;
 
 /// Where frames start in a v2 segment: 4096, so the header has page 0 to itself and no append
@@ -23,7 +23,7 @@ pub const SEGMENT_DATA_START: u64 = PAGE_BYTES;
 pub const SEGMENT_DATA_START_V1: u64 = SEGMENT_HEADER_BYTES;
 
 /// Tail-page slots at the end of every v2 segment: two, of two pages each (a slot holds its
-/// header and up to 4095 copied bytes). Each sync copies the page the next append will rewrite
+/// header and up to 4096 copied bytes). Each sync copies the page the next append will rewrite
 /// into the slot not holding the newest copy (FORMAT.md).
 pub const TAIL_SLOTS: u64 = 2;
 

@@ -78,7 +78,7 @@ impl LogOptions {
         let invalid = |option, reason: String| Err(Error::InvalidOption { option, reason });
         if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes) {
             return invalid(
-                "segment_size",
+                "segment_bytes",
                 format!(
                     "{} bytes is outside {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_MAX}",
                     self.segment_bytes
@@ -87,13 +87,13 @@ impl LogOptions {
         }
         if self.segment_bytes % PAGE_BYTES != 0 {
             return invalid(
-                "segment_size",
+                "segment_bytes",
                 format!("{} is not a multiple of {PAGE_BYTES}", self.segment_bytes),
             );
         }
         if self.disk_bytes_max < SEGMENTS_IN_BUDGET_MIN * self.segment_bytes {
             return invalid(
-                "max_disk",
+                "disk_bytes_max",
                 format!(
                     "{} bytes holds fewer than {SEGMENTS_IN_BUDGET_MIN} segments of {}",
                     self.disk_bytes_max, self.segment_bytes
@@ -351,6 +351,9 @@ impl Log {
     /// failure poisons the writer.
     fn sync_segment(&self, segment: &Segment, end: u64) -> Result<()> {
         self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+        // Copy and fdatasync under one slot lock: a rotation racing this sync must not write a
+        // second copy over the newest durable one while this copy is still unsynced.
+        let _slots = segment.lock_slots();
         let result = crate::tail::write_copy(segment, end, self.durable_seq())
             .and_then(|()| segment.file.sync());
         if let Err(e) = result {
@@ -544,7 +547,11 @@ impl Log {
         self.sync_segment(&active, active.end_offset())?;
         self.set_durable(shared.appended_seq.load(Ordering::Acquire));
         // Every frame is durable now: the seal lets later opens skip scanning this segment.
-        if let Err(e) = crate::tail::write_seal(&active).and_then(|()| active.file.sync()) {
+        let sealed = {
+            let _slots = active.lock_slots();
+            crate::tail::write_seal(&active).and_then(|()| active.file.sync())
+        };
+        if let Err(e) = sealed {
             let message = format!("sealing {} failed: {e}", active.name);
             self.poison(message.clone());
             return Err(Error::Poisoned(message));
@@ -647,7 +654,7 @@ impl Reader {
     /// Locates `next_seq`: the segment holding it and the offset of its frame. Jumps seqs that
     /// are not stored (released, dropped, holes left by damage).
     fn locate(&mut self) -> Option<(Arc<Segment>, u64)> {
-        loop {
+        'seek: loop {
             if let Some((segment, offset)) = &self.position {
                 let inside =
                     segment.first_seq <= self.next_seq && self.next_seq <= segment.last_seq();
@@ -687,9 +694,14 @@ impl Reader {
                         seq += 1;
                     }
                     _ => {
-                        // Unreadable while skipping: fall through to the read, which reports.
-                        self.next_seq = seq;
-                        break;
+                        // Unreadable before the seq asked for: mark the hole for every reader
+                        // (no error: nobody asked for these seqs) and seek again, never
+                        // returning a record before the one asked for.
+                        let wanted = self.next_seq;
+                        self.skip_damage(&segment, offset, seq);
+                        self.next_seq = self.next_seq.max(wanted);
+                        self.position = None;
+                        continue 'seek;
                     }
                 }
             }

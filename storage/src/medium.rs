@@ -207,8 +207,10 @@ fn filesystem_warning(dir: &Path) -> Option<String> {
     if unsafe { libc::statfs(path.as_ptr(), &mut stat) } != 0 {
         return None;
     }
+    // `f_type` is i32 on 32-bit glibc: through u32 first, so magics above 0x7fffffff (btrfs,
+    // f2fs) keep their value instead of turning negative.
     #[allow(clippy::unnecessary_cast)]
-    let kind = stat.f_type as i64;
+    let kind = stat.f_type as u32 as i64;
     warning_for(kind, dir)
 }
 

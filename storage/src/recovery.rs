@@ -334,8 +334,8 @@ fn read_cursors(run: &mut Run<'_>, names: &[String]) -> Result<(BTreeMap<String,
     Ok((cursors, cursor_max))
 }
 
-/// Phase 3: files set aside by an earlier open still count for the seq floor, so a crash
-/// between quarantine and the next segment's creation can never reuse seqs.
+/// Phase 3: files set aside by an earlier open (quarantine and cut files) still count for the
+/// seq floor, so a crash between them and the next segment's creation can never reuse seqs.
 fn scan_quarantined(run: &mut Run<'_>, files: &[(u64, String)]) -> Result<()> {
     for (first_seq, name) in files {
         run.seq_floor = run.seq_floor.max(first_seq.saturating_sub(1));
@@ -348,8 +348,24 @@ fn scan_quarantined(run: &mut Run<'_>, files: &[(u64, String)]) -> Result<()> {
         }
         run.quarantined_firsts.push(*first_seq);
     }
+    // Cut files too: a crash after a cut but before the next append must not hand out the
+    // seqs of the frames it kept.
+    for name in run.cut_files.clone() {
+        let file = run
+            .medium
+            .open(&name, false)
+            .context(|| run.at(&format!("opening {name}")))?;
+        let mut window = Window::uncached(&*file);
+        let len = file.len();
+        if let Some(max_seq) = valid_frames_in(&mut window, CUT_HEADER_BYTES.min(len), len, len).1 {
+            run.seq_floor = run.seq_floor.max(max_seq);
+        }
+    }
     Ok(())
 }
+
+/// Bytes of a cut file's header; the kept bytes follow, 8-byte aligned as in the segment.
+const CUT_HEADER_BYTES: u64 = 64;
 
 /// Highest seq of any CRC-valid frame in a file, trusting nothing else.
 fn max_frame_seq(file: &dyn MediumFile) -> Option<u64> {
@@ -419,9 +435,11 @@ fn scan_segments(
             account(run, segment, &mut segments, total_bytes, progress);
             continue;
         }
-        let proof = restore_tail_pages(run, &mut segment)?;
+        let slot_proof = restore_tail_pages(run, &mut segment)?;
         let proof = if is_tail {
-            proof.max(cursor_max)
+            // Seqs up to a proof were handed out: never again, whatever the scan finds.
+            run.seq_floor = run.seq_floor.max(slot_proof.max(cursor_max));
+            slot_proof.max(cursor_max)
         } else {
             u64::MAX
         };
@@ -429,7 +447,21 @@ fn scan_segments(
         for (offset, lost, reason) in holes {
             record_damage(run, &mut segment, offset, Some(lost), reason);
         }
+        let clean_end = stop.is_none();
         classify(run, &mut segment, stop, is_tail, next_first)?;
+        if is_tail && clean_end && slot_proof > segment.last_seq() {
+            // Zeros where the segment's own copy proves frames were durable: damage, not an
+            // end of data (a cursor ahead of the log is a gap instead: see `finish`).
+            let (from, offset) = (segment.last_seq() + 1, segment.end_offset());
+            let lost = SeqRange {
+                from,
+                to: slot_proof,
+            };
+            let reason = format!(
+                "zero bytes where seq {from} was expected; the tail-page copy proves seqs through {slot_proof} durable"
+            );
+            record_damage(run, &mut segment, offset, Some(lost), reason);
+        }
         if is_tail {
             redirty(run, &segment, proof)?;
         }
@@ -469,11 +501,18 @@ fn trusted_seal(run: &Run<'_>, segment: &Segment) -> Option<crate::tail::Seal> {
         return None;
     }
     let mut window = Window::uncached(&*segment.file);
-    crate::tail::read_seal(
+    let seal = crate::tail::read_seal(
         &mut window,
         segment.file.len(),
         (segment.data_start, segment.data_end),
-    )
+    )?;
+    // Bytes on disk, CRC or not: a seal that cannot describe this segment is not trusted.
+    let frames = (seal.last_seq + 1).checked_sub(segment.first_seq)?;
+    let room = seal.end_offset.checked_sub(segment.data_start)?;
+    let plausible = frames * (FRAME_HEADER_BYTES + FRAME_ALIGN_BYTES) <= room
+        && (frames == 0) == (room == 0)
+        && seal.end_offset <= segment.data_end;
+    plausible.then_some(seal)
 }
 
 /// Phase 4: the header. `None` when the segment was quarantined.
@@ -604,6 +643,16 @@ fn restore_tail_pages(run: &mut Run<'_>, segment: &mut Segment) -> Result<u64> {
     let mut proof = 0;
     for slot in &slots {
         proof = proof.max(slot.proven_seq);
+        // The copy may hold frames no later read can reach (an unreadable page): their seqs
+        // were handed out too.
+        let in_copy = valid_frames_in(
+            &mut Window::uncached(&InMemory(&slot.bytes)),
+            0,
+            slot.bytes.len() as u64,
+            slot.bytes.len() as u64,
+        )
+        .1;
+        run.seq_floor = run.seq_floor.max(in_copy.unwrap_or(0));
         let mut current = vec![0u8; slot.bytes.len()];
         let same = segment
             .file
@@ -928,10 +977,25 @@ fn finish(
 ) -> Result<Recovered> {
     let mut report = run.report;
     let log_last = segments.last().map(|s| s.last_seq()).unwrap_or(0);
-    let next_seq = run.seq_floor.max(cursor_max).max(log_last) + 1;
+    let mut next_seq = run.seq_floor.max(cursor_max).max(log_last) + 1;
+    let needs_new_segment = segments.last().is_some_and(|s| !s.appendable())
+        || report
+            .quarantined
+            .last()
+            .zip(segments.last())
+            .is_some_and(|(q, s)| q.segment > s.name);
+    if let Some(last) = segments.last().filter(|_| needs_new_segment) {
+        // The new segment is named after next_seq: never the name of one that exists.
+        next_seq = next_seq.max(last.first_seq + 1);
+    }
     if let Some(last) = segments.last() {
+        let explained = report.gaps.iter().any(|g| g.to == next_seq - 1)
+            || report
+                .damaged
+                .iter()
+                .any(|d| d.lost.is_some_and(|l| l.to >= next_seq - 1));
         if next_seq > last.last_seq() + 1
-            && !report.gaps.iter().any(|g| g.to == next_seq - 1)
+            && !explained
             && !covered(&run.quarantined_firsts, last.last_seq() + 1, next_seq - 1)
         {
             report.gaps.push(SeqRange {
@@ -951,12 +1015,6 @@ fn finish(
     report.next_seq = next_seq;
     report.first_seq = first_stored;
     report.last_seq = (report.records > 0).then_some(log_last);
-    let needs_new_segment = segments.last().is_some_and(|s| !s.appendable())
-        || report
-            .quarantined
-            .last()
-            .zip(segments.last())
-            .is_some_and(|(q, s)| q.segment > s.name);
     let segments = segments.into_iter().map(Arc::new).collect();
     if next_seq == u64::MAX {
         return Err(Error::InvalidOption {
@@ -1018,6 +1076,34 @@ impl MediumFile for Patched {
 
     fn write_at(&self, _offset: u64, _data: &[u8]) -> std::io::Result<()> {
         Err(std::io::Error::other("read-only overlay"))
+    }
+
+    fn sync(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Bytes in memory as a read-only file (a tail-page copy, scanned for the seqs it holds).
+#[derive(Debug)]
+struct InMemory<'a>(&'a [u8]);
+
+impl MediumFile for InMemory<'_> {
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let start = usize::try_from(offset).map_err(std::io::Error::other)?;
+        let bytes = start
+            .checked_add(buf.len())
+            .and_then(|end| self.0.get(start..end))
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(bytes);
+        Ok(())
+    }
+
+    fn write_at(&self, _offset: u64, _data: &[u8]) -> std::io::Result<()> {
+        Err(std::io::Error::other("read-only bytes"))
     }
 
     fn sync(&self) -> std::io::Result<()> {

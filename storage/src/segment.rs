@@ -264,19 +264,28 @@ impl Segment {
     /// Marks `lost` unreadable after a read-time check failed and the reader found the next
     /// good frame at `offset` (or none: then `lost` runs to the segment's last seq).
     pub fn note_read_damage(&self, lost: SeqRange, resume: Option<u64>) {
-        let mut holes = lock_ignoring_poison(&self.holes);
-        if holes
-            .iter()
-            .any(|h| h.from <= lost.from && lost.from <= h.to)
         {
-            return;
+            let mut holes = lock_ignoring_poison(&self.holes);
+            match holes
+                .iter_mut()
+                .find(|h| h.from <= lost.from && lost.from <= h.to)
+            {
+                // Met again (e.g. frames appended after a hole that ran to the end): widen it.
+                Some(hole) => hole.to = hole.to.max(lost.to),
+                None => {
+                    holes.push(lost);
+                    holes.sort_by_key(|h| h.from);
+                }
+            }
         }
-        holes.push(lost);
-        holes.sort_by_key(|h| h.from);
         if let Some(offset) = resume {
+            // A seek point past the hole, so no walk from before it meets the bad frame again.
+            let key = lost.to + 1;
             let mut index = lock_ignoring_poison(&self.index);
-            let at = index.partition_point(|&(s, _)| s <= lost.to + 1);
-            index.insert(at, (lost.to + 1, offset));
+            let at = index.partition_point(|&(s, _)| s < key);
+            if index.get(at).map(|&(s, _)| s) != Some(key) {
+                index.insert(at, (key, offset));
+            }
         }
     }
 

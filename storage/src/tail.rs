@@ -6,7 +6,7 @@
 //! of the segment — the slot *not* holding the newest copy — and one `fdatasync` makes frames
 //! and copy durable together. A torn later write can then damage only: the page it rewrites
 //! (restored from the newest valid copy by recovery), pages holding nothing acknowledged, and
-//! the older slot. Keep in step with FORMAT.md, "Tail-page slots".
+//! the older slot. Keep in step with FORMAT.md, "Trailer: tail-page copies and seals".
 //!
 //! Slot (8 KiB, two per segment at `segment_bytes - 16384` and `segment_bytes - 8192`; **do
 //! not reorder fields**):
@@ -146,8 +146,9 @@ pub(crate) fn read_seal(
     segment_bytes: u64,
     data: (u64, u64),
 ) -> Option<Seal> {
-    let seal =
-        (0..2).find_map(|slot| decode_seal(window, slot_offset(segment_bytes, slot), slot))?;
+    let seal = (0..2)
+        .filter_map(|slot| decode_seal(window, slot_offset(segment_bytes, slot), slot))
+        .max_by_key(|seal| seal.generation)?;
     let newest_copy = read_slots(window, segment_bytes, data)
         .last()
         .map_or(0, |s| s.generation);
@@ -155,13 +156,12 @@ pub(crate) fn read_seal(
     (seal.generation > newest_copy && plausible).then_some(seal)
 }
 
-/// Seals a segment whose every frame is durable: the caller syncs. From then on recovery may
-/// take its end from the seal instead of scanning it (FORMAT.md, "Seals").
+/// Seals a segment whose every frame is durable: the caller holds the slot lock and syncs. From then on recovery may
+/// take its end from the seal instead of scanning it (FORMAT.md, "Trailer: tail-page copies and seals").
 pub(crate) fn write_seal(segment: &Segment) -> std::io::Result<()> {
     if segment.version != FORMAT_VERSION {
         return Ok(());
     }
-    let _slots = segment.lock_slots();
     let generation = segment.tail_generation.load(Ordering::Acquire) + 1;
     let bytes = encode_seal(generation, segment.last_seq(), segment.end_offset());
     segment
@@ -208,7 +208,8 @@ pub(crate) fn write_copy(segment: &Segment, end: u64, proven_seq: u64) -> std::i
 }
 
 /// Writes a copy of `page..end` (at most one whole page) to the slot not holding the newest
-/// copy; the caller syncs.
+/// copy. The caller holds [`Segment::lock_slots`] across this write *and* its sync, so no
+/// other copy can replace the newest durable one before this one is durable.
 pub(crate) fn copy_page(
     segment: &Segment,
     page: u64,
@@ -219,7 +220,6 @@ pub(crate) fn copy_page(
         return Ok(());
     }
     assert!(page % PAGE_BYTES == 0 && page < end && end - page <= PAGE_BYTES);
-    let _slots = segment.lock_slots();
     let mut bytes = vec![0u8; (end - page) as usize];
     // pread: a copy must never fault on a bad sector, and needs no map.
     segment.file.read_uncached(page, &mut bytes)?;

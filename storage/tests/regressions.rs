@@ -340,3 +340,151 @@ fn a_seal_followed_by_a_later_copy_is_not_trusted() {
     assert!(report.is_clean(), "{:?}", report.problems());
     assert_eq!(read_all(&log, 1).len(), 100);
 }
+
+// Review of this fix: a bad tail below the proof with nothing readable after it was damage
+// with "no seq lost" and the next seq reused proven seqs. Now the lost range runs through
+// every seq the proofs and the tail-page copy show, and the next seq goes past them.
+#[test]
+fn bad_tail_below_the_proof_with_nothing_after_reports_the_range_and_reuses_no_seq() {
+    let medium = SimMedium::new();
+    let options = LogOptions {
+        segment_bytes: 64 * 1024,
+        disk_bytes_max: 64 * 1024 * 8,
+        on_full: OnFull::DropOldest,
+        record_bytes_max: 1024,
+    };
+    let (log, _) = Log::open_with_medium(Arc::new(medium.clone()), options.clone()).unwrap();
+    let text = "y".repeat(200);
+    for _ in 0..100 {
+        log.append(event(&text)).unwrap();
+    }
+    log.sync().unwrap();
+    log.append(event(&text)).unwrap();
+    log.sync().unwrap(); // acked 101; its copy slot proves 100 and holds frame 101
+    drop(log);
+    let name = segment_name(1);
+    // Every data page from the fourth on is unreadable: frames there, and all after them.
+    medium.make_unreadable(&name, 4 * 4096, 64 * 1024 - 16 * 1024);
+    medium.crash(7);
+
+    let (log, report) = Log::open_with_medium(Arc::new(medium), options).unwrap();
+    assert_eq!(report.damaged.len(), 1, "{:?}", report.problems());
+    let lost = report.damaged[0]
+        .lost
+        .expect("a lost range, not 'no seq lost'");
+    assert_eq!(lost.to, 101, "{report:?}");
+    assert_eq!(report.next_seq, 102);
+    assert_eq!(log.append(event("after")).unwrap(), 102);
+    assert!(read_all(&log, 1).len() as u64 == lost.from - 1);
+}
+
+// Review of this fix: a crash after a tail cut but before the next append let the next open
+// hand out the cut frames' seqs again (cut files were not read for seqs).
+#[test]
+fn seqs_kept_in_a_cut_file_are_not_reused_by_the_next_open() {
+    let tmp = TempDir::new().unwrap();
+    let (log, _) = Log::open(tmp.path(), tiny_options()).unwrap();
+    for i in 0..10 {
+        log.append(event(&format!("e{i}"))).unwrap();
+    }
+    log.sync().unwrap();
+    let end = log.stats();
+    drop(log);
+    assert_eq!(end.appended_seq, 10);
+    // Two stale, CRC-valid frames (seqs 42, 43) past the end of data.
+    let segment = tmp.path().join(segment_name(1));
+    let bytes = fs::read(&segment).unwrap();
+    let data_end = (SEGMENT_DATA_START as usize..bytes.len() - 16 * 1024)
+        .rev()
+        .find(|&i| bytes[i] != 0)
+        .unwrap()
+        + 1;
+    let tail = data_end.next_multiple_of(8) as u64;
+    let mut frames = Vec::new();
+    for seq in [42, 43] {
+        let mut e = event("stale");
+        e.seq = seq;
+        encode_frame(seq, &postcard::to_stdvec(&e).unwrap(), &mut frames);
+    }
+    write_at(&segment, tail, &frames);
+    let (log, report) = Log::open(tmp.path(), tiny_options()).unwrap();
+    assert_eq!(report.next_seq, 44);
+    assert!(report.tail_cut.unwrap().kept_in.is_some());
+    drop(log); // the power fails before anything is appended
+    let (log, report) = Log::open(tmp.path(), tiny_options()).unwrap();
+    assert_eq!(report.next_seq, 44, "{report:?}");
+    assert_eq!(log.append(event("next")).unwrap(), 44);
+}
+
+// Review of this fix: a reader that met a bad frame *before* the seq it asked for returned
+// records from before that seq, and a bad last frame of the active segment, once frames were
+// appended after it, could send later passes round the same hole.
+#[test]
+fn readers_never_start_before_from_and_pass_a_bad_last_frame_after_more_appends() {
+    let tmp = TempDir::new().unwrap();
+    let options = LogOptions {
+        segment_bytes: 1 << 20,
+        disk_bytes_max: 4 << 20,
+        ..tiny_options()
+    };
+    let (log, _) = Log::open(tmp.path(), options).unwrap();
+    let mut offsets = Vec::new();
+    let mut offset = SEGMENT_DATA_START;
+    let mut bytes = Vec::new();
+    for i in 0..60 {
+        let seq = log.append(event(&format!("e{i:02}"))).unwrap();
+        let mut e = event(&format!("e{i:02}"));
+        e.seq = seq;
+        bytes.clear();
+        encode_frame(seq, &postcard::to_stdvec(&e).unwrap(), &mut bytes);
+        offsets.push(offset);
+        offset += bytes.len() as u64;
+    }
+    log.sync().unwrap();
+    let segment = tmp.path().join(segment_name(1));
+    write_at(&segment, offsets[59] + 20, &[0xFF]); // seq 60, the last frame
+    write_at(&segment, offsets[9] + 20, &[0xFF]); // seq 10
+                                                  // From 30: the bad seq 10 is met while seeking and marked silently; seq 60 is asked for
+                                                  // and reported once.
+    let from_30: Vec<_> = log.reader(30).take(100).collect();
+    assert_eq!(from_30[0].as_ref().unwrap().seq, 30);
+    let errors: Vec<_> = from_30.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(from_30
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .all(|e| e.seq >= 30));
+    // Both holes are known now: a pass from 1 jumps them without an error.
+    let first_pass: Vec<u64> = log.reader(1).take(200).map(|r| r.unwrap().seq).collect();
+    assert_eq!(first_pass.len(), 58);
+    for i in 0..10 {
+        log.append(event(&format!("later{i}"))).unwrap();
+    }
+    log.sync().unwrap();
+    for _ in 0..3 {
+        let seqs: Vec<u64> = log.reader(1).take(200).map(|r| r.unwrap().seq).collect();
+        let expected: Vec<u64> = (1..=70).filter(|&s| s != 10 && s != 60).collect();
+        assert_eq!(seqs, expected);
+    }
+}
+
+// Review of this fix: a seal whose CRC passes but whose fields cannot describe the segment
+// made `trust_seal` assert at every start. It is now simply not trusted.
+#[test]
+fn an_implausible_seal_is_not_trusted_and_does_not_panic() {
+    let tmp = TempDir::new().unwrap();
+    let (log, _) = Log::open(tmp.path(), tiny_options()).unwrap();
+    for i in 0..100 {
+        log.append(event(&format!("e{i:03}"))).unwrap();
+    }
+    log.sync().unwrap();
+    drop(log);
+    let first = tmp.path().join(segment_name(1));
+    let len = fs::metadata(&first).unwrap().len();
+    let seal = tail::encode_seal(1_000_001, 5_000_000, SEGMENT_DATA_START + 8);
+    write_at(&first, tail::slot_offset(len, 1_000_001), &seal);
+    let (log, report) = Log::open(tmp.path(), tiny_options()).unwrap();
+    assert_eq!(report.segments_sealed, 0);
+    assert!(report.is_clean(), "{:?}", report.problems());
+    assert_eq!(read_all(&log, 1).len(), 100);
+}
