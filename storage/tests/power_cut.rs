@@ -7,7 +7,8 @@
 //! per sector, or garbage over the whole page. Some schedules cut the power *inside* a medium
 //! call (a write, a sync, a rotation's create or remove), and some cut it again inside the
 //! recovery that follows. The oracle is the highest seq covered by a sync that **returned Ok**
-//! — what a producer was told — never the log's own `durable_seq()`. The schedule count is
+//! — what a producer was told — never the log's own `durable_seq()`. Half the syncs are
+//! followed by a cursor move to the acked seq, so cursor proofs and cursor writes are in play. The schedule count is
 //! `EDGECAP_POWER_CUTS` (default 100,000); a failure prints its seed, and
 //! `EDGECAP_SEED=<seed> EDGECAP_POWER_CUTS=1` reruns exactly that schedule.
 
@@ -53,6 +54,11 @@ fn burst(
                     *acked = (*acked).max(target);
                 }
                 Err(_) => return Ok(()),
+            }
+            // A consumer confirms what it was told is durable: the cursor becomes a proof
+            // recovery relies on (and its file creation and updates are crash points too).
+            if *acked > 0 && rng.below(2) == 0 && log.set_cursor("forward", *acked).is_err() {
+                return Ok(());
             }
         }
     }
