@@ -435,39 +435,103 @@ fn scan_segments(
             account(run, segment, &mut segments, total_bytes, progress);
             continue;
         }
-        let slot_proof = restore_tail_pages(run, &mut segment)?;
-        let proof = if is_tail {
-            // Seqs up to a proof were handed out: never again, whatever the scan finds.
-            run.seq_floor = run.seq_floor.max(slot_proof.max(cursor_max));
-            slot_proof.max(cursor_max)
-        } else {
-            u64::MAX
-        };
-        let (stop, holes) = scan_frames(&segment, proof, next_first);
-        for (offset, lost, reason) in holes {
-            record_damage(run, &mut segment, offset, Some(lost), reason);
-        }
-        let clean_end = stop.is_none();
-        classify(run, &mut segment, stop, is_tail, next_first)?;
-        if is_tail && clean_end && slot_proof > segment.last_seq() {
-            // Zeros where the segment's own copy proves frames were durable: damage, not an
-            // end of data (a cursor ahead of the log is a gap instead: see `finish`).
-            let (from, offset) = (segment.last_seq() + 1, segment.end_offset());
-            let lost = SeqRange {
-                from,
-                to: slot_proof,
-            };
-            let reason = format!(
-                "zero bytes where seq {from} was expected; the tail-page copy proves seqs through {slot_proof} durable"
-            );
-            record_damage(run, &mut segment, offset, Some(lost), reason);
-        }
-        if is_tail {
-            redirty(run, &segment, proof)?;
+        if let Err(error) = recover_frames(run, &mut segment, is_tail, cursor_max, next_first) {
+            segment = as_found(run, segment, error)?;
+            // Phases 5-7 again, writing nothing: the bytes are served as they are.
+            run.repair = false;
+            let again = recover_frames(run, &mut segment, is_tail, cursor_max, next_first);
+            run.repair = true;
+            again?;
         }
         account(run, segment, &mut segments, total_bytes, progress);
     }
     Ok(segments)
+}
+
+/// Phases 5-8 for one segment.
+fn recover_frames(
+    run: &mut Run<'_>,
+    segment: &mut Segment,
+    is_tail: bool,
+    cursor_max: u64,
+    next_first: Option<u64>,
+) -> Result<()> {
+    let slot_proof = restore_tail_pages(run, segment)?;
+    let proof = if is_tail {
+        // Seqs up to a proof were handed out: never again, whatever the scan finds.
+        run.seq_floor = run.seq_floor.max(slot_proof.max(cursor_max));
+        slot_proof.max(cursor_max)
+    } else {
+        u64::MAX
+    };
+    let (stop, holes) = scan_frames(segment, proof, next_first);
+    for (offset, lost, reason) in holes {
+        record_damage(run, segment, offset, Some(lost), reason);
+    }
+    let clean_end = stop.is_none();
+    classify(run, segment, stop, is_tail, next_first)?;
+    if is_tail && clean_end && slot_proof > segment.last_seq() {
+        // Zeros where the segment's own copy proves frames were durable: damage, not an
+        // end of data (a cursor ahead of the log is a gap instead: see `finish`).
+        let (from, offset) = (segment.last_seq() + 1, segment.end_offset());
+        let lost = SeqRange {
+            from,
+            to: slot_proof,
+        };
+        let reason = format!(
+            "zero bytes where seq {from} was expected; the tail-page copy proves seqs through {slot_proof} durable"
+        );
+        record_damage(run, segment, offset, Some(lost), reason);
+    }
+    if is_tail {
+        redirty(run, segment, proof)?;
+    }
+    Ok(())
+}
+
+/// A repair write to `segment` failed (a bad block, a read-only medium): rather than fail
+/// every start, the segment is opened afresh, scanned as found by the caller, reported as
+/// damaged and never appended to; what the failed attempt reported is taken back.
+fn as_found(run: &mut Run<'_>, segment: Segment, error: Error) -> Result<Segment> {
+    let Error::Io { .. } = &error else {
+        return Err(error);
+    };
+    if !run.repair {
+        return Err(error);
+    }
+    let name = segment.name.clone();
+    run.report.tail_restored.retain(|r| r.segment != name);
+    run.report
+        .damaged
+        .retain(|d| d.segment != name || d.offset == 0);
+    if run
+        .report
+        .tail_cut
+        .as_ref()
+        .is_some_and(|c| c.segment == name)
+    {
+        run.report.tail_cut = None;
+    }
+    let header = SegmentHeader {
+        version: segment.version,
+        first_seq: segment.first_seq,
+        segment_bytes: segment.file.len(),
+        created_wall_ms: 0,
+    };
+    drop(segment);
+    let file = run
+        .medium
+        .open(&name, false)
+        .context(|| run.at(&format!("reopening {name}")))?;
+    let mut fresh = Segment::new(name.clone(), &header, file);
+    record_damage(
+        run,
+        &mut fresh,
+        0,
+        None,
+        format!("repair failed ({error}); served as found, never appended to"),
+    );
+    Ok(fresh)
 }
 
 /// Counts a recovered segment into the report and hands it on.
@@ -526,16 +590,21 @@ fn open_segment(
         Ok(header) => header,
         Err(reason) => match rebuild_header(&*file, first_seq) {
             Some(header) => {
+                let mut reason = format!("{reason}; header rebuilt from the file name and length");
                 if run.repair {
-                    file.write_at(0, &header.encode())
+                    // A failed rewrite must not fail every start: it is rebuilt again next time.
+                    if let Err(e) = file
+                        .write_at(0, &header.encode())
                         .and_then(|()| file.sync())
-                        .context(|| run.at(&format!("rewriting the header of {name}")))?;
+                    {
+                        reason.push_str(&format!(" (rewriting it failed: {e})"));
+                    }
                 }
                 run.report.damaged.push(DamageReport {
                     segment: name.clone(),
                     offset: 0,
                     lost: None,
-                    reason: format!("{reason}; header rebuilt from the file name and length"),
+                    reason,
                 });
                 header
             }

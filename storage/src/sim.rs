@@ -28,6 +28,8 @@ struct FileImage {
     dead: bool,
     /// Byte ranges whose reads fail with EIO (a bad sector).
     unreadable: Vec<(usize, usize)>,
+    /// Byte ranges whose writes fail with EIO (a worn-out block).
+    unwritable: Vec<(usize, usize)>,
 }
 
 #[derive(Debug, Default)]
@@ -219,6 +221,7 @@ impl SimMedium {
                 dead: false,
                 // A bad sector stays bad across a power cut.
                 unreadable: image.unreadable.clone(),
+                unwritable: image.unwritable.clone(),
             };
             drop(image);
             state.files.insert(name, Arc::new(Mutex::new(fresh)));
@@ -260,6 +263,19 @@ impl SimMedium {
                 .lock()
                 .unwrap()
                 .unreadable
+                .push((from as usize, to as usize));
+        }
+    }
+
+    /// Makes writes touching `from..to` in `name` fail with EIO from now on (a block the
+    /// medium can no longer program).
+    pub fn make_unwritable(&self, name: &str, from: u64, to: u64) {
+        let state = self.state.lock().unwrap();
+        if let Some(image) = state.files.get(name) {
+            image
+                .lock()
+                .unwrap()
+                .unwritable
                 .push((from as usize, to as usize));
         }
     }
@@ -392,6 +408,9 @@ impl MediumFile for SimFile {
         let end = start + data.len();
         if end > image.live.len() {
             return Err(io::Error::other("write past preallocated end"));
+        }
+        if image.unwritable.iter().any(|&(a, b)| a < end && start < b) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         image.live[start..end].copy_from_slice(data);
         if !data.is_empty() {

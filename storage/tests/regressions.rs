@@ -488,3 +488,40 @@ fn an_implausible_seal_is_not_trusted_and_does_not_panic() {
     assert!(report.is_clean(), "{:?}", report.problems());
     assert_eq!(read_all(&log, 1).len(), 100);
 }
+
+// Review of this fix (finding 7's other half): a repair write that fails — a block the
+// medium can no longer program, under the unproven tail that recovery rewrites — failed
+// `open` at every start: a crash loop. Now the segment is served as found, reported as
+// damaged and never appended to; the log opens and goes on in a new segment.
+#[test]
+fn a_failing_repair_write_does_not_fail_every_start() {
+    let medium = SimMedium::new();
+    let (log, _) = Log::open_with_medium(Arc::new(medium.clone()), tiny_options()).unwrap();
+    for i in 0..10 {
+        log.append(event(&format!("e{i}"))).unwrap();
+    }
+    log.sync().unwrap();
+    for i in 10..15 {
+        log.append(event(&format!("e{i}"))).unwrap();
+    }
+    log.sync().unwrap(); // 11..=15 durable but past the slots' proof (10): rewritten on open
+    drop(log);
+    medium.crash(3);
+    medium.make_unwritable(&segment_name(1), 0, 24 * 1024);
+
+    for round in 0..2 {
+        let (log, report) = Log::open_with_medium(Arc::new(medium.clone()), tiny_options())
+            .unwrap_or_else(|e| panic!("open {round} failed: {e}"));
+        // The first open reports it; later ones find segment 1 sealed off by its successor.
+        let reported = report
+            .damaged
+            .iter()
+            .any(|d| d.segment == segment_name(1) && d.reason.contains("repair failed"));
+        assert_eq!(reported, round == 0, "{report:?}");
+        assert_eq!(read_all(&log, 1).len(), 15 + round);
+        let seq = log.append(event("more")).unwrap();
+        assert_eq!(seq, 16 + round as u64);
+        log.sync().unwrap();
+        assert_eq!(log.stats().segments, 2, "never appended to the bad segment");
+    }
+}
