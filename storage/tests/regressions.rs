@@ -28,6 +28,15 @@ fn read_all(log: &Log, from: u64) -> Vec<Event> {
         .collect()
 }
 
+/// Writes `count` events (`e000`, `e001`, ...) to a log in `dir` with tiny segments, syncs, closes.
+fn write_events(dir: &Path, count: usize) {
+    let (log, _) = Log::open(dir, tiny_options()).unwrap();
+    for i in 0..count {
+        log.append(event(&format!("e{i:03}"))).unwrap();
+    }
+    log.sync().unwrap();
+}
+
 fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
     let file = OpenOptions::new().write(true).open(path).unwrap();
     file.write_all_at(bytes, offset).unwrap();
@@ -312,12 +321,7 @@ fn sealed_segments_are_not_rescanned_by_a_repairing_open() {
 #[test]
 fn a_seal_followed_by_a_later_copy_is_not_trusted() {
     let tmp = TempDir::new().unwrap();
-    let (log, _) = Log::open(tmp.path(), tiny_options()).unwrap();
-    for i in 0..100 {
-        log.append(event(&format!("e{i:03}"))).unwrap();
-    }
-    log.sync().unwrap();
-    drop(log);
+    write_events(tmp.path(), 100);
     // Forge a newer copy slot over the other slot of segment 1's trailer: generation far
     // above the seal's.
     let first = tmp.path().join(segment_name(1));
@@ -473,12 +477,7 @@ fn readers_never_start_before_from_and_pass_a_bad_last_frame_after_more_appends(
 #[test]
 fn an_implausible_seal_is_not_trusted_and_does_not_panic() {
     let tmp = TempDir::new().unwrap();
-    let (log, _) = Log::open(tmp.path(), tiny_options()).unwrap();
-    for i in 0..100 {
-        log.append(event(&format!("e{i:03}"))).unwrap();
-    }
-    log.sync().unwrap();
-    drop(log);
+    write_events(tmp.path(), 100);
     let first = tmp.path().join(segment_name(1));
     let len = fs::metadata(&first).unwrap().len();
     let seal = tail::encode_seal(1_000_001, 5_000_000, SEGMENT_DATA_START + 8);
