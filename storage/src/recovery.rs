@@ -373,11 +373,6 @@ fn max_frame_seq(file: &dyn MediumFile) -> Option<u64> {
     valid_frames_in(&mut window, SEGMENT_HEADER_BYTES, file.len(), file.len()).1
 }
 
-/// A segment whose header passed (or was rebuilt), not yet scanned.
-struct Opened {
-    segment: Segment,
-}
-
 /// Phases 4–8 over every segment, oldest first.
 fn scan_segments(
     run: &mut Run<'_>,
@@ -395,33 +390,29 @@ fn scan_segments(
         total_bytes += file.len();
         files.push((*first_seq, name.clone(), file));
     }
-    let mut opened: Vec<Opened> = Vec::new();
+    // Segments whose header passed (or was rebuilt), not yet scanned.
+    let mut opened: Vec<Segment> = Vec::new();
     // (index in `opened` of the next good segment, index in report.quarantined).
     let mut quarantined_before: Vec<(usize, usize)> = Vec::new();
     for (first_seq, name, file) in files {
         match open_segment(run, first_seq, name, file)? {
-            Some(segment) => opened.push(Opened { segment }),
+            Some(segment) => opened.push(segment),
             None => quarantined_before.push((opened.len(), run.report.quarantined.len() - 1)),
         }
     }
     for &(next_good, index) in &quarantined_before {
         if let Some(next) = opened.get(next_good) {
             let q = &mut run.report.quarantined[index];
-            let from = q
-                .segment
-                .strip_suffix(SEGMENT_SUFFIX)
-                .and_then(|d| d.parse::<u64>().ok())
-                .unwrap_or(next.segment.first_seq);
-            q.lost = (next.segment.first_seq > from).then_some(SeqRange {
+            let from = parse_segment_name(&q.segment).unwrap_or(next.first_seq);
+            q.lost = (next.first_seq > from).then_some(SeqRange {
                 from,
-                to: next.segment.first_seq - 1,
+                to: next.first_seq - 1,
             });
         }
     }
-    let firsts: Vec<u64> = opened.iter().map(|o| o.segment.first_seq).collect();
+    let firsts: Vec<u64> = opened.iter().map(|s| s.first_seq).collect();
     let mut segments = Vec::with_capacity(opened.len());
-    for (i, o) in opened.into_iter().enumerate() {
-        let mut segment = o.segment;
+    for (i, mut segment) in opened.into_iter().enumerate() {
         let next_first = firsts.get(i + 1).copied();
         // Rotation syncs a segment before the next one exists, so only the last segment with
         // a usable header can hold bytes no sync covered. Files after it that were set aside

@@ -86,6 +86,11 @@ impl SplitMix64 {
     }
 }
 
+/// True when `start..end` touches one of `ranges`.
+fn overlaps(ranges: &[(usize, usize)], start: usize, end: usize) -> bool {
+    ranges.iter().any(|&(a, b)| a < end && start < b)
+}
+
 /// Counts one call: Ok(true) when the power fails inside this call, Err when it already has.
 fn tick(countdown: &AtomicI64) -> io::Result<bool> {
     let left = countdown.load(Ordering::SeqCst);
@@ -257,26 +262,23 @@ impl SimMedium {
     /// Makes reads of `from..to` in `name` fail with EIO from now on, as a bad sector does
     /// (the real medium's map would raise SIGBUS there; `read_uncached` gets the error).
     pub fn make_unreadable(&self, name: &str, from: u64, to: u64) {
-        let state = self.state.lock().unwrap();
-        if let Some(image) = state.files.get(name) {
-            image
-                .lock()
-                .unwrap()
-                .unreadable
-                .push((from as usize, to as usize));
-        }
+        self.with_image(name, |image| {
+            image.unreadable.push((from as usize, to as usize))
+        });
     }
 
     /// Makes writes touching `from..to` in `name` fail with EIO from now on (a block the
     /// medium can no longer program).
     pub fn make_unwritable(&self, name: &str, from: u64, to: u64) {
+        self.with_image(name, |image| {
+            image.unwritable.push((from as usize, to as usize))
+        });
+    }
+
+    fn with_image(&self, name: &str, change: impl FnOnce(&mut FileImage)) {
         let state = self.state.lock().unwrap();
         if let Some(image) = state.files.get(name) {
-            image
-                .lock()
-                .unwrap()
-                .unwritable
-                .push((from as usize, to as usize));
+            change(&mut image.lock().unwrap());
         }
     }
 
@@ -391,7 +393,7 @@ impl MediumFile for SimFile {
                 "read past end",
             ));
         }
-        if image.unreadable.iter().any(|&(a, b)| a < end && start < b) {
+        if overlaps(&image.unreadable, start, end) {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         buf.copy_from_slice(&image.live[start..end]);
@@ -409,7 +411,7 @@ impl MediumFile for SimFile {
         if end > image.live.len() {
             return Err(io::Error::other("write past preallocated end"));
         }
-        if image.unwritable.iter().any(|&(a, b)| a < end && start < b) {
+        if overlaps(&image.unwritable, start, end) {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         image.live[start..end].copy_from_slice(data);
