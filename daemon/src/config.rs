@@ -511,14 +511,10 @@ fn validate_upstream(raw: RawUpstream, device_id: &str) -> Result<UpstreamConfig
         return invalid("upstream.client_id", "must be 1..=128 characters");
     }
     let topic_prefix = raw.topic_prefix.unwrap_or_else(|| "edgecap".into());
-    if topic_prefix.is_empty()
-        || topic_prefix.contains(['+', '#', '\0'])
-        || topic_prefix.starts_with('/')
-        || topic_prefix.ends_with('/')
-    {
+    if let Err(reason) = check_topic_prefix(&topic_prefix) {
         return invalid(
             "upstream.topic_prefix",
-            format!("{topic_prefix:?} must be non-empty, without + # or a leading/trailing /"),
+            format!("{topic_prefix:?} {reason}"),
         );
     }
     let keep_alive_secs = raw.keep_alive_secs.unwrap_or(30);
@@ -569,7 +565,42 @@ fn validate_upstream(raw: RawUpstream, device_id: &str) -> Result<UpstreamConfig
     })
 }
 
+/// Longest `upstream.topic_prefix`: 128 bytes (topics also carry the device id and source).
+const TOPIC_PREFIX_BYTES_MAX: usize = 128;
+
+/// A topic prefix is 1..=128 bytes of MQTT topic levels: no wildcard (`+`, `#`), no `$` (the
+/// broker's own `$SYS` space), no empty level, no control character.
+fn check_topic_prefix(prefix: &str) -> Result<(), &'static str> {
+    if prefix.is_empty() || prefix.len() > TOPIC_PREFIX_BYTES_MAX {
+        return Err("must be 1..=128 bytes");
+    }
+    if prefix.contains(['+', '#']) {
+        return Err("must not contain the wildcards + or #");
+    }
+    if prefix.contains('$') {
+        return Err("must not contain $ (topics starting with $ are the broker's)");
+    }
+    if prefix.chars().any(char::is_control) {
+        return Err("must not contain control characters");
+    }
+    if prefix.split('/').any(str::is_empty) {
+        return Err("must not have an empty level (a leading, trailing or double /)");
+    }
+    Ok(())
+}
+
+/// A password file that any local user can read is worth a warning, like the TLS key.
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o004 != 0 {
+            tracing::warn!(file = %path.display(), "upstream.password_file is readable by every user; chmod 0640 and chgrp edgecap");
+        }
+    }
+}
+
 fn read_password(path: &Path) -> Result<String, ConfigError> {
+    warn_if_readable_by_others(path);
     use std::io::Read as _;
     let fail = |e: &dyn std::fmt::Display| ConfigError::Invalid {
         key: "upstream.password_file",
@@ -653,6 +684,34 @@ max_disk = "8MiB"
             .contains("retry.initial_backoff_ms"));
         assert!(error_of(&format!("{GOOD}[breaker]\nfailure_threshold=0"))
             .contains("breaker.failure_threshold"));
+    }
+
+    #[test]
+    fn topic_prefix_outside_mqtt_topic_levels_is_refused() {
+        let with = |prefix: &str| {
+            format!(
+                "{GOOD}[upstream]\ntopic_prefix = {}\n",
+                toml::Value::from(prefix)
+            )
+        };
+        for bad in [
+            "",
+            "$SYS",
+            "a/$x",
+            "a/+",
+            "#",
+            "/a",
+            "a/",
+            "a//b",
+            "a\nb",
+            &"x".repeat(129),
+        ] {
+            let error = error_of(&with(bad));
+            assert!(error.contains("upstream.topic_prefix"), "{bad:?}: {error}");
+        }
+        for good in ["edgecap", "fleet/site-1", &"x".repeat(128)] {
+            assert!(Config::parse(&with(good)).is_ok(), "{good:?}");
+        }
     }
 
     #[test]

@@ -12,18 +12,38 @@ use anyhow::Context;
 use edgecap_storage::{Log, RecoveryReport, SeqRange, Value};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::forward::{Forwarder, FORWARD_CURSOR};
 use crate::ingest::{self, Ingest};
-use crate::limits::{CLOCK_CHECK_INTERVAL_MS, CLOCK_STEP_THRESHOLD_MS};
+use crate::limits::{CLOCK_CHECK_INTERVAL_MS, CLOCK_STEP_THRESHOLD_MS, SHUTDOWN_TIMEOUT_MS};
 use crate::notify;
 use crate::project::State;
 use crate::snapshot::{self, SNAPSHOT_EVERY_EVENTS};
 use crate::status::Health;
-use crate::writer::{self, system_event};
+use crate::system::{is_system, SystemEvent};
+use crate::writer;
 
-/// Runs the daemon until `shutdown` resolves. Errors are fatal (exit 1).
+/// Why the daemon stops.
+enum StopReason {
+    /// SIGTERM/SIGINT (or the test's shutdown future): a clean stop, exit 0.
+    Requested,
+    /// A fault the process cannot repair (a failed sync, a cursor that cannot be written):
+    /// exit 1, so that `Restart=` reopens the log and recovery runs.
+    Fatal(String),
+}
+
+/// The running parts, in the order they are stopped.
+struct Tasks {
+    supervisor: JoinHandle<()>,
+    ingest: JoinHandle<()>,
+    clock_watch: JoinHandle<()>,
+    projector: JoinHandle<()>,
+    forwarder: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Runs the daemon until `shutdown` resolves or a fatal fault. Errors are fatal (exit 1).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let dir = config.storage.dir.clone();
     let options = config.storage.log_options(config.ingest.max_event_bytes);
@@ -35,14 +55,72 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let forwarded = log.cursor(FORWARD_CURSOR).unwrap_or(0);
     let health = Arc::new(Health::new(config.upstream.is_some(), forwarded));
     let (durable_tx, durable_rx) = watch::channel(log.durable_seq());
+    let (fatal_tx, mut fatal_rx) = mpsc::channel(4);
     let (writer, writer_thread) = writer::spawn(
         log.clone(),
         config.storage.sync,
         Duration::from_millis(config.storage.sync_interval_ms),
         durable_tx,
+        fatal_tx.clone(),
     );
     let listener = bind_socket(&config.ingest.socket, config.ingest.socket_mode_bits)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let tasks = start_tasks(
+        &config,
+        &log,
+        &health,
+        writer,
+        durable_rx,
+        listener,
+        &shutdown_rx,
+        fatal_tx,
+    );
+    notify::ready(&format!("capturing; next seq {}", log.appended_seq() + 1));
+    tracing::info!(
+        socket = %config.ingest.socket.display(),
+        dir = %config.storage.dir.display(),
+        next_seq = log.appended_seq() + 1,
+        upstream = config.upstream.is_some(),
+        "edgecap running"
+    );
+
+    let reason = tokio::select! {
+        _ = shutdown => StopReason::Requested,
+        Some(why) = fatal_rx.recv() => StopReason::Fatal(why),
+    };
+    if let StopReason::Fatal(why) = &reason {
+        health.set_fatal(why.clone());
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(SHUTDOWN_TIMEOUT_MS);
+    tracing::info!("shutting down: stopping intake");
+    notify::stopping();
+    let _ = shutdown_tx.send(true);
+    let all_stopped = stop_tasks(tasks, deadline).await;
+    let writer_done = tokio::time::timeout_at(
+        deadline,
+        tokio::task::spawn_blocking(move || writer_thread.join()),
+    )
+    .await
+    .is_ok();
+    let reason = match fatal_rx.try_recv() {
+        Ok(why) if matches!(reason, StopReason::Requested) => StopReason::Fatal(why),
+        _ => reason,
+    };
+    finish(&config, &log, reason, all_stopped && writer_done).await
+}
+
+/// Starts every task of a running daemon.
+#[allow(clippy::too_many_arguments)]
+fn start_tasks(
+    config: &Config,
+    log: &Log,
+    health: &Arc<Health>,
+    writer: writer::WriterHandle,
+    durable_rx: watch::Receiver<u64>,
+    listener: UnixListener,
+    shutdown_rx: &watch::Receiver<bool>,
+    fatal: writer::Fatal,
+) -> Tasks {
     let state = Arc::new(Mutex::new(State::default()));
     let projector = tokio::spawn(project(
         log.clone(),
@@ -52,8 +130,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         state.clone(),
     ));
     let clock_watch = tokio::spawn(watch_clock(writer.clone(), shutdown_rx.clone()));
-
-    let ingest_task = tokio::spawn(ingest::serve(
+    let ingest = tokio::spawn(ingest::serve(
         listener,
         Ingest {
             config: config.ingest.clone(),
@@ -62,11 +139,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             health: health.clone(),
             durable: durable_rx.clone(),
             state,
+            upstream_bytes: upstream_bytes(config),
         },
         shutdown_rx.clone(),
     ));
     let (ping_tx, ping_rx) = mpsc::channel(1);
-    let forward_task = config.upstream.clone().map(|upstream| {
+    let forwarder = config.upstream.clone().map(|upstream| {
         let forwarder = Forwarder {
             upstream,
             device_id: config.device_id.clone(),
@@ -78,47 +156,100 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             durable: durable_rx.clone(),
             event_bytes_max: config.ingest.max_event_bytes,
             pings: ping_rx,
+            dir: config.storage.dir.clone(),
+            fatal,
         };
         tokio::spawn(forwarder.run(shutdown_rx.clone()))
     });
     let supervisor = tokio::spawn(notify::supervise(
         log.clone(),
         health.clone(),
-        writer.clone(),
-        forward_task.is_some().then_some(ping_tx),
+        writer,
+        forwarder.is_some().then_some(ping_tx),
         shutdown_rx.clone(),
     ));
-    drop(writer);
-    notify::ready(&format!("capturing; next seq {}", log.appended_seq() + 1));
-    tracing::info!(
-        socket = %config.ingest.socket.display(),
-        dir = %config.storage.dir.display(),
-        next_seq = log.appended_seq() + 1,
-        upstream = config.upstream.is_some(),
-        "edgecap running"
-    );
+    Tasks {
+        supervisor,
+        ingest,
+        clock_watch,
+        projector,
+        forwarder,
+    }
+}
 
-    shutdown.await;
-    tracing::info!("shutting down: stopping intake");
-    notify::stopping();
-    let _ = shutdown_tx.send(true);
-    let _ = supervisor.await;
-    let _ = ingest_task.await;
-    let _ = clock_watch.await;
-    let _ = projector.await;
-    if let Some(task) = forward_task {
-        match task.await {
-            Ok(Err(e)) => tracing::error!(error = %e, "forwarder failed"),
-            Err(e) => tracing::error!(error = %e, "forwarder panicked"),
-            Ok(Ok(())) => {}
+/// How many bytes an event would take upstream, for ingest's refusal of events that would
+/// be over the MQTT packet limit (whether or not `[upstream]` is configured now).
+fn upstream_bytes(config: &Config) -> Arc<dyn Fn(&edgecap_storage::Event) -> usize + Send + Sync> {
+    let device = config.device_id.clone();
+    let prefix = config
+        .upstream
+        .as_ref()
+        .map_or_else(|| "edgecap".to_string(), |u| u.topic_prefix.clone());
+    Arc::new(move |event| {
+        let (topic, payload) = crate::forward::encode_upstream(event, &device, &prefix);
+        crate::forward::publish_bytes(&topic, &payload)
+    })
+}
+
+/// Waits for every task in stop order until `deadline`, then aborts what is left; returns
+/// whether all of them finished by themselves.
+async fn stop_tasks(tasks: Tasks, deadline: tokio::time::Instant) -> bool {
+    let mut all = true;
+    let wait = |name: &'static str, task: JoinHandle<()>| {
+        let abort = task.abort_handle();
+        async move {
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                tracing::error!(
+                    task = name,
+                    "did not stop within the shutdown bound; abandoned"
+                );
+                abort.abort();
+                return false;
+            }
+            true
+        }
+    };
+    all &= wait("supervisor", tasks.supervisor).await;
+    all &= wait("ingest", tasks.ingest).await;
+    all &= wait("clock watch", tasks.clock_watch).await;
+    all &= wait("projection", tasks.projector).await;
+    if let Some(task) = tasks.forwarder {
+        let abort = task.abort_handle();
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "forwarder failed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "forwarder panicked"),
+            Ok(Ok(Ok(()))) => {}
+            Err(_) => {
+                tracing::error!(
+                    task = "forwarder",
+                    "did not stop within the shutdown bound; abandoned"
+                );
+                abort.abort();
+                all = false;
+            }
         }
     }
-    tokio::task::spawn_blocking(move || writer_thread.join()).await?;
+    all
+}
+
+/// The last step: a clean stop records `stop` and syncs; a fatal one stores nothing more
+/// (the next start records the unclean shutdown) and fails.
+async fn finish(
+    config: &Config,
+    log: &Log,
+    reason: StopReason,
+    all_stopped: bool,
+) -> anyhow::Result<()> {
+    if let StopReason::Fatal(why) = reason {
+        anyhow::bail!("{why}");
+    }
+    if !all_stopped {
+        anyhow::bail!("shutdown did not finish within {SHUTDOWN_TIMEOUT_MS} ms");
+    }
     let durable = tokio::task::spawn_blocking({
         let log = log.clone();
         move || -> anyhow::Result<u64> {
-            let stop = Value::Object(vec![("event".into(), Value::String("stop".into()))]);
-            append_system(&log, system_event("edgecap", stop))?;
+            append_system(&log, SystemEvent::Stop.into_event())?;
             Ok(log.sync()?)
         }
     })
@@ -204,12 +335,11 @@ async fn watch_clock(writer: writer::WriterHandle, mut shutdown: watch::Receiver
         let step = now - last;
         if step.abs() > CLOCK_STEP_THRESHOLD_MS {
             tracing::info!(offset_ms = step, "wall clock stepped");
-            let value = Value::Object(vec![
-                ("event".into(), Value::String("clock_step".into())),
-                ("offset_ms".into(), Value::Int(step)),
-                ("synced".into(), Value::Bool(crate::clock::clock_synced())),
-            ]);
-            if let Ok(Err(e)) = writer.append(system_event("edgecap", value)).await.await {
+            let system = SystemEvent::ClockStep {
+                offset_ms: step,
+                synced: crate::clock::clock_synced(),
+            };
+            if let Ok(Err(e)) = writer.append(system.into_event()).await.await {
                 tracing::error!(error = %e, "cannot record the clock step");
             }
         }
@@ -235,21 +365,12 @@ fn record_start(log: &Log, report: &RecoveryReport, config: &Config) -> anyhow::
             .and_then(|e| e.ok())
             .is_some_and(|e| is_system(&e, "stop"));
     let boot = crate::clock::boot_id_hex(&crate::clock::boot_id());
-    append_system(
-        log,
-        system_event(
-            "edgecap",
-            Value::Object(vec![
-                ("event".into(), Value::String("start".into())),
-                (
-                    "version".into(),
-                    Value::String(env!("CARGO_PKG_VERSION").into()),
-                ),
-                ("boot_id".into(), Value::String(boot)),
-                ("device".into(), Value::String(config.device_id.clone())),
-            ]),
-        ),
-    )?;
+    let start = SystemEvent::Start {
+        version: env!("CARGO_PKG_VERSION").into(),
+        boot_id: boot,
+        device: config.device_id.clone(),
+    };
+    append_system(log, start.into_event())?;
     // Gaps, the front gap and file-system warnings hold at every start once true: they ride
     // along in a recovery event but never cause one (each start would store another). A new
     // gap always comes with a problem (a cut, a quarantine) or an unclean stop.
@@ -308,7 +429,6 @@ fn recovery_event(report: &RecoveryReport, unclean: bool, keep: usize) -> edgeca
     };
     let uint = |n: usize| Value::UInt(n as u64);
     let mut fields = vec![
-        ("event".into(), Value::String("recovery".into())),
         ("unclean_shutdown".into(), Value::Bool(unclean)),
         ("bytes_cut".into(), Value::UInt(cut.map_or(0, |c| c.bytes))),
         (
@@ -334,7 +454,7 @@ fn recovery_event(report: &RecoveryReport, unclean: bool, keep: usize) -> edgeca
     if let Some(kept_in) = cut.and_then(|c| c.kept_in.clone()) {
         fields.push(("cut_kept_in".into(), Value::String(kept_in)));
     }
-    system_event("edgecap", Value::Object(fields))
+    SystemEvent::Recovery(fields).into_event()
 }
 
 /// Appends one of the daemon's own `system` events (start, recovery, stop). With
@@ -354,15 +474,17 @@ fn append_system(log: &Log, event: edgecap_storage::Event) -> anyhow::Result<()>
     }
 }
 
-/// Whether `event` is the daemon's own `system` event named `what`.
-fn is_system(event: &edgecap_storage::Event, what: &str) -> bool {
-    event.kind == edgecap_storage::Kind::System
-        && matches!(&event.value, Value::Object(m) if m.iter().any(|(k, v)| k == "event" && *v == Value::String(what.into())))
-}
-
-/// Binds the ingest socket: refuses if a live daemon answers there, removes a stale file.
+/// Binds the ingest socket: refuses if a live daemon answers there, removes a stale socket,
+/// and never removes anything else found at that path (a regular file, a directory).
 fn bind_socket(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
-    if path.exists() {
+    use std::os::unix::fs::FileTypeExt as _;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            anyhow::bail!(
+                "ingest.socket {} exists and is not a socket; not removing it",
+                path.display()
+            );
+        }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             anyhow::bail!(
                 "ingest.socket {} is in use by a running daemon",

@@ -21,7 +21,9 @@ use tokio::task::JoinSet;
 use crate::clock;
 use crate::config::IngestConfig;
 use crate::json::to_value;
-use crate::limits::CLIENT_PIPELINE_MAX;
+use crate::limits::{
+    CLIENT_PIPELINE_MAX, MQTT_PACKET_BYTES_MAX, REPLY_GRACE_MS, UPSTREAM_CHECK_LINE_BYTES,
+};
 use crate::project::State;
 use crate::status::Health;
 use crate::writer::{AppendResult, WriterHandle};
@@ -242,6 +244,8 @@ pub struct Ingest {
     pub durable: watch::Receiver<u64>,
     /// The daemon's incremental projection.
     pub state: Arc<std::sync::Mutex<State>>,
+    /// Size of an event's upstream MQTT packet (`forward::publish_bytes` of its encoding).
+    pub upstream_bytes: Arc<dyn Fn(&Event) -> usize + Send + Sync>,
 }
 
 /// Accepts clients until `shutdown` turns true; then stops reading requests, lets answers to
@@ -309,7 +313,12 @@ async fn refuse(mut stream: UnixStream, max: usize) {
 async fn serve_client(stream: UnixStream, ingest: Ingest, shutdown: watch::Receiver<bool>) {
     let (read, write) = stream.into_split();
     let (pending_tx, pending_rx) = mpsc::channel(CLIENT_PIPELINE_MAX);
-    let replier = tokio::spawn(reply_in_order(write, pending_rx, ingest.clone()));
+    let replier = tokio::spawn(reply_in_order(
+        write,
+        pending_rx,
+        ingest.clone(),
+        shutdown.clone(),
+    ));
     let follow = read_requests(read, &ingest, pending_tx, shutdown.clone()).await;
     // Answers to everything read before go out first, then the connection may turn into a
     // subscription.
@@ -353,7 +362,12 @@ async fn read_requests(
                 Ok(Request::Status) => Pending::Status,
                 Ok(Request::State) => Pending::State,
                 Ok(Request::Follow(follow)) => return Some(follow),
-                Ok(Request::Append(event)) => Pending::Waiting(ingest.writer.append(event).await),
+                Ok(Request::Append(event)) => {
+                    match upstream_too_large(ingest, &event, line.len()) {
+                        Some(message) => Pending::Ready(error_line(&message)),
+                        None => Pending::Waiting(ingest.writer.append(event).await),
+                    }
+                }
             },
         };
         if pending.send(item).await.is_err() {
@@ -362,8 +376,40 @@ async fn read_requests(
     }
 }
 
-/// Writes answers in order; hands the write half back when the requests end.
+/// The refusal of an event whose upstream JSON would be over the MQTT packet limit (JSON
+/// re-encoding grows some values: `9e15` becomes `9000000000000000.0`). Lines shorter than
+/// `UPSTREAM_CHECK_LINE_BYTES` cannot get there and are not encoded twice.
+fn upstream_too_large(ingest: &Ingest, event: &Event, line_bytes: usize) -> Option<String> {
+    if line_bytes <= UPSTREAM_CHECK_LINE_BYTES {
+        return None;
+    }
+    let bytes = (ingest.upstream_bytes)(event);
+    (bytes > MQTT_PACKET_BYTES_MAX).then(|| {
+        format!(
+            "field `value`: its upstream JSON encoding is {bytes} bytes, over the MQTT packet limit ({MQTT_PACKET_BYTES_MAX}); nothing stored"
+        )
+    })
+}
+
+/// Writes answers in order; hands the write half back when the requests end. After
+/// shutdown, a client that does not read gets `REPLY_GRACE_MS`, then its connection closes.
 async fn reply_in_order(
+    write: OwnedWriteHalf,
+    pending: mpsc::Receiver<Pending>,
+    ingest: Ingest,
+    mut shutdown: watch::Receiver<bool>,
+) -> Option<OwnedWriteHalf> {
+    let replies = write_replies(write, pending, ingest);
+    tokio::pin!(replies);
+    tokio::select! {
+        done = &mut replies => return done,
+        _ = crate::wait_true(&mut shutdown) => {}
+    }
+    let grace = std::time::Duration::from_millis(REPLY_GRACE_MS);
+    tokio::time::timeout(grace, replies).await.ok().flatten()
+}
+
+async fn write_replies(
     mut write: OwnedWriteHalf,
     mut pending: mpsc::Receiver<Pending>,
     ingest: Ingest,

@@ -18,6 +18,7 @@ pub mod project;
 pub mod retry;
 pub mod snapshot;
 pub mod status;
+pub mod system;
 pub mod tls;
 pub mod writer;
 

@@ -45,9 +45,49 @@ pub const INFLIGHT_MAX_CEILING: u16 = 1024;
 /// shutdown). Each persist is one fdatasync of a 1 KiB file; per-ack syncs would wear an SD
 /// card for nothing, since delivery is at-least-once anyway.
 pub const CURSOR_PERSIST_INTERVAL_MS: u64 = 250;
-/// Largest MQTT packet we send or accept: 64 KiB (an event is at most 60 KiB of JSON plus
-/// the envelope).
+/// Largest MQTT packet we send: 64 KiB. An event whose upstream JSON would be larger is
+/// refused at ingest (JSON re-encoding can grow a stored value: a float, a control byte in a
+/// command's text), and one already stored is set aside with a `forward_skip` event.
 pub const MQTT_PACKET_BYTES_MAX: usize = 64 * 1024;
+/// Request lines longer than this get their upstream encoding measured at ingest: 8 KiB.
+/// JSON re-encoding grows a line at most 4.5× (`9e15,` → `9000000000000000.0,`), plus the
+/// envelope (under 1 KiB), so a shorter line always fits `MQTT_PACKET_BYTES_MAX`.
+pub const UPSTREAM_CHECK_LINE_BYTES: usize = 8 * 1024;
+/// Largest MQTT packet we accept: 1 MiB. A command over `ingest.max_event_bytes` is read,
+/// acknowledged and refused with a `command_refused` event; one over this limit cannot be
+/// read at all (MQTT 3.1.1 cannot tell the broker our limit), so the command subscription
+/// pauses for `COMMAND_PAUSE_MS` on a clean session. Costs at most 1 MiB of memory, once.
+pub const COMMAND_PACKET_BYTES_MAX: usize = 1 << 20;
+/// How long the command subscription pauses after the broker sent a packet over
+/// `COMMAND_PACKET_BYTES_MAX`: 5 min. Bounds the damage of an oversized retained command to
+/// one reconnect per pause, while events keep flowing.
+pub const COMMAND_PAUSE_MS: u64 = 5 * 60 * 1000;
+/// Upstream commands received and not yet stored: 64. When full, the poll task waits
+/// (back-pressure on the broker), it never drops a command.
+pub const COMMAND_QUEUE_MAX: usize = 64;
+/// Command topics whose last stored payload is remembered (retained-command dedup): 256.
+pub const RETAINED_TOPICS_MAX: usize = 256;
+/// A connection counts as healthy (backoff and breaker reset) once it has lived one
+/// keep-alive period, at most 10 s (a ping has crossed it); one that the broker drops sooner
+/// counts as a failed attempt.
+pub const CONNECTION_HEALTHY_MS: u64 = 10_000;
+/// Early drops in a row after which a duplicate client id is suspected and reported: 3.
+pub const EARLY_DROPS_REPORTED: u32 = 3;
+/// Connections in a row the broker closed while the same seq was the oldest unacknowledged
+/// publish, after which that event is set aside (`forward_skip`): 5.
+pub const POISON_STRIKES_MAX: u32 = 5;
+/// Retry period of a failed or refused command SUBSCRIBE: 30 s.
+pub const SUBSCRIBE_RETRY_MS: u64 = 30_000;
+/// The forwarder's own `system` events waiting to be appended: 64 (more are logged only).
+pub const SYSTEM_QUEUE_MAX: usize = 64;
+/// How long a helper task gets to finish at shutdown before it is aborted: 2 s.
+pub const TASK_STOP_MS: u64 = 2_000;
+/// The whole shutdown (SIGTERM to exit) is bounded by 15 s, half the unit's
+/// `TimeoutStopSec=30s`; parts still running then are abandoned and the exit is non-zero.
+pub const SHUTDOWN_TIMEOUT_MS: u64 = 15_000;
+/// After SIGTERM, a client that does not read its answers gets this long before its
+/// connection is closed: 2 s.
+pub const REPLY_GRACE_MS: u64 = 2_000;
 /// Events read from the log per forwarding pass: 256.
 pub const FORWARD_READ_BATCH: usize = 256;
 /// Default retry/backoff and breaker settings (INTERFACE.md).
@@ -57,6 +97,10 @@ pub const BREAKER_FAILURE_THRESHOLD_DEFAULT: u32 = 5;
 pub const BREAKER_OPEN_SECS_DEFAULT: u64 = 30;
 /// Default `storage.sync_interval_ms`: 50 ms of possible loss under `sync = "interval"`.
 pub const SYNC_INTERVAL_MS_DEFAULT: u64 = 50;
+
+/// Events a follower (`edgecap log follow`) reads from the log per batch: 256 (bounded memory
+/// per follower, about 64 KiB).
+pub const FOLLOW_BATCH_EVENTS: usize = 256;
 
 /// How often the clock-step watcher compares the wall clock with `CLOCK_BOOTTIME`: 1 s.
 pub const CLOCK_CHECK_INTERVAL_MS: u64 = 1000;
@@ -73,3 +117,7 @@ const _: () = assert!(INFLIGHT_MAX_DEFAULT <= INFLIGHT_MAX_CEILING);
 const _: () = assert!(WRITE_BATCH_MAX <= WRITE_QUEUE_MAX);
 const _: () = assert!(BACKOFF_MS_INITIAL_DEFAULT <= BACKOFF_MS_MAX_DEFAULT);
 const _: () = assert!(EVENT_BYTES_MAX_CEILING + 1024 <= MQTT_PACKET_BYTES_MAX);
+const _: () = assert!(MQTT_PACKET_BYTES_MAX <= COMMAND_PACKET_BYTES_MAX);
+const _: () = assert!(UPSTREAM_CHECK_LINE_BYTES * 9 / 2 + 1024 + 512 <= MQTT_PACKET_BYTES_MAX);
+const _: () = assert!(TASK_STOP_MS * 3 < SHUTDOWN_TIMEOUT_MS);
+const _: () = assert!(REPLY_GRACE_MS < SHUTDOWN_TIMEOUT_MS);

@@ -67,6 +67,9 @@ pub async fn supervise(
             }
         };
         let stats = log.stats();
+        // A daemon that cannot store is not alive, whatever its tasks answer.
+        let storing = stats.poisoned.is_none() && health.fatal().is_none();
+        let writer_alive = writer_alive && storing;
         let status = format!(
             "durable seq {}, backlog {}, link {}, breaker {}{}",
             stats.durable_seq,

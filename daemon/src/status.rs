@@ -18,7 +18,14 @@ pub struct Health {
     breaker: AtomicU8,
     forwarded_seq: AtomicU64,
     published: AtomicU64,
+    skipped: AtomicU64,
+    /// The most recent error ever reported (sticky: what went wrong last).
     last_error: Mutex<Option<String>>,
+    /// Errors still true now, by area (`upstream`, `commands`, `storage`, `cursor`); an area
+    /// clears its own when it recovers.
+    current: Mutex<Vec<(&'static str, String)>>,
+    /// A fault the process cannot repair: it is stopping with a non-zero exit.
+    fatal: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -30,7 +37,10 @@ impl Health {
             breaker: AtomicU8::new(0),
             forwarded_seq: AtomicU64::new(forwarded_seq),
             published: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            current: Mutex::new(Vec::new()),
+            fatal: Mutex::new(None),
         }
     }
 
@@ -71,8 +81,44 @@ impl Health {
         self.published.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn set_error(&self, error: impl Into<String>) {
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.into());
+    /// Events the forwarder set aside (never sent; they stay in the log).
+    pub fn count_skipped(&self) {
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reports an error of `area`: it becomes `last_error` and the area's `current_error`.
+    pub fn set_error(&self, area: &'static str, error: impl Into<String>) {
+        let error = error.into();
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        current.retain(|(a, _)| *a != area);
+        current.push((area, error.clone()));
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+    }
+
+    /// `area` works again: its current error clears (`last_error` stays).
+    pub fn clear_error(&self, area: &'static str) {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        current.retain(|(a, _)| *a != area);
+    }
+
+    /// The newest error still true, if any.
+    pub fn current_error(&self) -> Option<String> {
+        let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        current.last().map(|(_, e)| e.clone())
+    }
+
+    /// Marks the daemon as unable to go on: status says so and the watchdog stops.
+    pub fn set_fatal(&self, error: impl Into<String>) {
+        let error = error.into();
+        self.set_error("storage", error.clone());
+        self.fatal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(error);
+    }
+
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn last_error(&self) -> Option<String> {
@@ -94,6 +140,13 @@ impl Health {
             0
         };
         let last_error = self.last_error().or_else(|| stats.poisoned.clone());
+        let current_error = stats
+            .poisoned
+            .clone()
+            .map(|p| format!("storage: {p}"))
+            .or_else(|| self.fatal())
+            .or_else(|| self.current_error());
+        let healthy = stats.poisoned.is_none() && self.fatal().is_none();
         json!({
             "appended_seq": stats.appended_seq,
             "durable_seq": stats.durable_seq,
@@ -106,6 +159,9 @@ impl Health {
             "segments": stats.segments,
             "uptime_secs": self.started.elapsed().as_secs(),
             "last_error": last_error,
+            "current_error": current_error,
+            "healthy": healthy,
+            "skipped_events": self.skipped.load(Ordering::Relaxed),
             "upstream": self.upstream_enabled,
             "first_seq": stats.first_seq,
             "syncs": stats.syncs,

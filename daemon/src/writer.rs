@@ -10,17 +10,23 @@
 //! before it is durable.
 //!
 //! Drops made by the `drop_oldest` policy are recorded as `system` events right after the
-//! batch that caused them.
+//! batch that caused them, and made durable by the same sync.
+//!
+//! **A failed sync poisons the log** (storage/FORMAT.md: the page cache can no longer be
+//! trusted). The writer answers the whole batch with the error (nothing in it is acknowledged),
+//! reports the fault on the `fatal` channel, and from then on answers every request with an
+//! error; the daemon stops and exits non-zero so that systemd restarts it and recovery runs.
 
 use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use edgecap_storage::{Event, Kind, Log, Value};
+use edgecap_storage::{Event, Log};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::SyncPolicy;
 use crate::limits::{WRITE_BATCH_MAX, WRITE_QUEUE_MAX};
+use crate::system::SystemEvent;
 
 /// Result of one append request: the seq, or an error message for the producer.
 pub type AppendResult = Result<u64, String>;
@@ -85,18 +91,28 @@ impl Writer {
     }
 }
 
+/// Reports a fault the process cannot repair (the daemon stops, exit 1).
+pub type Fatal = mpsc::Sender<String>;
+
+fn report_fatal(fatal: &Fatal, message: String) {
+    tracing::error!(error = %message, "storage can no longer be trusted; stopping so that systemd restarts the daemon and recovery runs");
+    let _ = fatal.try_send(message);
+}
+
 /// Starts the writer thread (and, under `interval`, the syncer thread).
 pub fn spawn(
     log: Log,
     policy: SyncPolicy,
     sync_interval: Duration,
     durable_tx: watch::Sender<u64>,
+    fatal: Fatal,
 ) -> (WriterHandle, Writer) {
     let (tx, rx) = mpsc::channel(WRITE_QUEUE_MAX);
     let syncer = (policy == SyncPolicy::Interval).then(|| {
         let (stop_tx, stop_rx) = std_mpsc::channel::<()>();
         let log = log.clone();
         let durable_tx = durable_tx.clone();
+        let fatal = fatal.clone();
         let thread = std::thread::Builder::new()
             .name("edgecap-syncer".into())
             .spawn(move || loop {
@@ -105,10 +121,11 @@ pub fn spawn(
                     Err(std_mpsc::RecvTimeoutError::Timeout)
                 );
                 match log.sync() {
-                    Ok(durable) => {
-                        durable_tx.send_replace(durable);
+                    Ok(durable) => publish_durable(&durable_tx, durable),
+                    Err(e) => {
+                        report_fatal(&fatal, format!("periodic sync failed: {e}"));
+                        return;
                     }
-                    Err(e) => tracing::error!(error = %e, "periodic sync failed"),
                 }
                 if stopping {
                     return;
@@ -119,7 +136,7 @@ pub fn spawn(
     });
     let thread = std::thread::Builder::new()
         .name("edgecap-writer".into())
-        .spawn(move || run(log, policy, rx, durable_tx))
+        .spawn(move || run(log, policy, rx, durable_tx, fatal))
         .expect("spawn writer thread");
     (WriterHandle { tx }, Writer { thread, syncer })
 }
@@ -129,11 +146,13 @@ fn run(
     policy: SyncPolicy,
     mut rx: mpsc::Receiver<WriteRequest>,
     durable_tx: watch::Sender<u64>,
+    fatal: Fatal,
 ) {
     let mut batch: Vec<(AppendResult, oneshot::Sender<AppendResult>)> =
         Vec::with_capacity(WRITE_BATCH_MAX);
     let mut pings = Vec::new();
     let fault = crate::fault::Wedge::from_env("writer");
+    let mut poisoned: Option<String> = None;
     while let Some(first) = rx.blocking_recv() {
         fault.maybe_block();
         batch.clear();
@@ -141,7 +160,10 @@ fn run(
         while let Some(request) = next.take() {
             match request {
                 WriteRequest::Append { event, reply } => {
-                    let result = log.append(event).map_err(|e| e.to_string());
+                    let result = match &poisoned {
+                        Some(why) => Err(why.clone()),
+                        None => log.append(event).map_err(|e| e.to_string()),
+                    };
                     batch.push((result, reply));
                 }
                 WriteRequest::Ping(reply) => pings.push(reply),
@@ -150,36 +172,65 @@ fn run(
                 next = rx.try_recv().ok();
             }
         }
-        record_drops(&log);
-        if policy == SyncPolicy::Always {
-            let last = batch.iter().filter_map(|(r, _)| r.as_ref().ok()).max();
-            if let Some(&last) = last {
-                if let Err(e) = log.sync_through(last) {
-                    let message = e.to_string();
-                    tracing::error!(error = %message, "sync failed; writer poisoned");
-                    for (result, _) in batch.iter_mut() {
-                        if result.is_ok() {
-                            *result = Err(message.clone());
-                        }
-                    }
-                }
+        if poisoned.is_none() {
+            record_drops(&log);
+            if let Err(why) = make_durable(&log, policy, &mut batch) {
+                report_fatal(&fatal, why.clone());
+                poisoned = Some(why);
             }
-            durable_tx.send_replace(log.durable_seq());
         }
+        publish_durable(&durable_tx, log.durable_seq());
         for (result, reply) in batch.drain(..) {
             let _ = reply.send(result);
         }
-        for ping in pings.drain(..) {
-            let _ = ping.send(());
+        // A poisoned writer answers no pings: the watchdog must not see a healthy daemon.
+        if poisoned.is_none() {
+            for ping in pings.drain(..) {
+                let _ = ping.send(());
+            }
         }
+        pings.clear();
+    }
+    if poisoned.is_some() {
+        return;
     }
     // Every sender is gone: make everything appended durable before stopping.
     match log.sync() {
-        Ok(durable) => {
-            durable_tx.send_replace(durable);
-        }
-        Err(e) => tracing::error!(error = %e, "final sync failed"),
+        Ok(durable) => publish_durable(&durable_tx, durable),
+        Err(e) => report_fatal(&fatal, format!("final sync failed: {e}")),
     }
+}
+
+/// Under `always`, syncs everything appended (the batch and the drop events it caused);
+/// on failure every answer of the batch becomes the error: none of it is acknowledged.
+fn make_durable(
+    log: &Log,
+    policy: SyncPolicy,
+    batch: &mut [(AppendResult, oneshot::Sender<AppendResult>)],
+) -> Result<(), String> {
+    if policy != SyncPolicy::Always || batch.iter().all(|(r, _)| r.is_err()) {
+        return Ok(());
+    }
+    let Err(e) = log.sync_through(log.appended_seq()) else {
+        return Ok(());
+    };
+    let message = format!("sync failed, event not stored durably: {e}");
+    for (result, _) in batch.iter_mut() {
+        if result.is_ok() {
+            *result = Err(message.clone());
+        }
+    }
+    Err(message)
+}
+
+/// Publishes the durable seq if it moved (a sync by anyone: the writer, the syncer, a cursor
+/// write), waking the forwarder and followers at once.
+fn publish_durable(durable_tx: &watch::Sender<u64>, durable: u64) {
+    durable_tx.send_if_modified(|current| {
+        let moved = durable > *current;
+        *current = (*current).max(durable);
+        moved
+    });
 }
 
 /// Stores a `system` event for each drop made by `drop_oldest` since the last call.
@@ -190,32 +241,13 @@ fn record_drops(log: &Log) {
             to = drop.range.to,
             "disk budget full: dropped unforwarded events (on_full = drop_oldest)"
         );
-        let value = Value::Object(vec![
-            ("event".into(), Value::String("drop".into())),
-            ("from_seq".into(), Value::UInt(drop.range.from)),
-            ("to_seq".into(), Value::UInt(drop.range.to)),
-            (
-                "count".into(),
-                Value::UInt(drop.range.to + 1 - drop.range.from),
-            ),
-            (
-                "reason".into(),
-                Value::String("disk budget full (drop_oldest)".into()),
-            ),
-        ]);
-        if let Err(e) = log.append(system_event("edgecap", value)) {
+        let system = SystemEvent::Drop {
+            from: drop.range.from,
+            to: drop.range.to,
+            reason: "disk budget full (drop_oldest)".into(),
+        };
+        if let Err(e) = log.append(system.into_event()) {
             tracing::error!(error = %e, "cannot record drop event");
         }
     }
-}
-
-/// A `system` event stamped now.
-pub fn system_event(source: &str, value: Value) -> Event {
-    let stamp = crate::clock::now();
-    let mut event = Event::new(Kind::System, source, value).expect("static source name");
-    event.wall_ms = stamp.wall_ms;
-    event.mono_ms = stamp.mono_ms;
-    event.clock_synced = stamp.clock_synced;
-    event.boot_id = crate::clock::boot_id();
-    event
 }

@@ -117,6 +117,9 @@ pub fn main(cli: Cli) -> ExitCode {
 }
 
 fn run_daemon(path: &std::path::Path) -> ExitCode {
+    // Logging first: warnings found while loading the config (a TLS key or password file
+    // readable by every user) must reach the journal.
+    init_tracing();
     let config = match crate::config::Config::load(path) {
         Ok(config) => config,
         Err(e) => {
@@ -124,7 +127,6 @@ fn run_daemon(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(EXIT_INVALID);
         }
     };
-    init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
