@@ -23,6 +23,24 @@ for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
 done
 
+# Every test file must be compiled: each .rs under tests/it/ (and storage/tests/it/) is a
+# module of its main.rs, and no .rs sits loose in tests/ where no [[test]] would build it.
+echo "== test files are all modules of a test binary"
+check_modules() { # dir
+  local f name
+  for f in "$1"/*.rs; do
+    name=$(basename "$f" .rs)
+    [ "$name" = main ] && continue
+    grep -qx "mod $name;" "$1/main.rs" || { echo "FAIL: $f is not a module of $1/main.rs" >&2; exit 1; }
+  done
+}
+check_modules tests/it
+check_modules storage/tests/it
+if compgen -G "tests/*.rs" >/dev/null; then
+  echo "FAIL: tests/*.rs is not built by any [[test]]; put it in tests/it/ and add it to main.rs" >&2
+  exit 1
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"

@@ -5,6 +5,7 @@
 //! it opens, reads every record and never maps more than the budget. Its own test binary:
 //! the budget is process-wide.
 
+#[path = "it/common.rs"]
 mod common;
 
 use common::tiny_options;

@@ -49,24 +49,23 @@ impl std::fmt::Display for LinkError {
 fn classify(error: &ConnectionError) -> LinkError {
     use rumqttc::mqttbytes::Error as Bytes;
     use rumqttc::StateError;
-    match error {
+    let io = match error {
         ConnectionError::MqttState(StateError::Deserialization(
             Bytes::PayloadSizeLimitExceeded(n),
-        )) => LinkError::Oversized(*n),
+        )) => return LinkError::Oversized(*n),
         ConnectionError::MqttState(StateError::ConnectionAborted) => {
-            LinkError::Closed(error.to_string())
+            return LinkError::Closed(error.to_string())
         }
-        ConnectionError::MqttState(StateError::Io(e)) | ConnectionError::Io(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::UnexpectedEof
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::BrokenPipe
-            ) =>
-        {
-            LinkError::Closed(error.to_string())
-        }
+        ConnectionError::MqttState(StateError::Io(e))
+        | ConnectionError::MqttState(StateError::Deserialization(Bytes::Io(e)))
+        | ConnectionError::Io(e) => e,
+        _ => return LinkError::Other(error.to_string()),
+    };
+    match io.kind() {
+        std::io::ErrorKind::UnexpectedEof
+        | std::io::ErrorKind::ConnectionAborted
+        | std::io::ErrorKind::ConnectionReset
+        | std::io::ErrorKind::BrokenPipe => LinkError::Closed(error.to_string()),
         _ => LinkError::Other(error.to_string()),
     }
 }

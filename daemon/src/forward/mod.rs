@@ -388,11 +388,7 @@ impl Coordinator {
     }
 
     fn on_suback(&mut self, suback: SubAck) {
-        if suback
-            .return_codes
-            .iter()
-            .any(|c| *c == SubscribeReasonCode::Failure)
-        {
+        if suback.return_codes.contains(&SubscribeReasonCode::Failure) {
             tracing::error!(filter = %self.commands_filter, "the broker refused the command subscription (SUBACK failure; check its ACL); retrying");
             self.fwd.health.set_error(
                 "subscribe",

@@ -360,6 +360,13 @@ impl Daemon {
         child.wait().unwrap()
     }
 
+    /// The exit status if the daemon has exited by itself (it is then no longer running).
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
+    }
+
     /// SIGKILL.
     pub fn kill(&mut self) {
         let mut child = self.child.take().expect("running");

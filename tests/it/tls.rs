@@ -2,13 +2,11 @@
 //! client certificate, on free loopback ports. The certificates (a CA, the broker's for
 //! 127.0.0.1, a client's, and an unrelated CA) are made fresh by each test with rcgen.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::Value as Json;
-use support::*;
 
 /// PEM files of a small PKI, written under `dir`.
 struct Pki {

@@ -4,13 +4,11 @@
 //! broker that is absent at start; the breaker and `connected` show in `status`; upstream
 //! commands are stored and forwarded.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::Value as Json;
-use support::*;
 
 const EVENTS_FILTER: &str = "edgecap/dev1/events/#";
 

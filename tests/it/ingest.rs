@@ -4,14 +4,12 @@
 //! get unique seqs matching what is stored; that capture-only mode stops cleanly on SIGTERM
 //! with nothing to recover; and that the demo loses nothing.
 
-mod support;
-
 use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::Value as Json;
-use support::*;
 
 /// Runs `edgecap publish --socket SOCK -` with `input` on stdin; returns its output.
 fn publish_stdin(sock: &str, input: &[u8]) -> std::process::Output {

@@ -8,15 +8,13 @@
 //! The clock-step log is written with the storage crate directly (a test cannot step the real
 //! clock); everything else drives the real daemon.
 
-mod support;
-
 use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use edgecap_storage::{Event, Kind, Log, LogOptions, Value};
 use serde_json::{json, Value as Json};
-use support::*;
 
 /// 2026-11-26T03:00:00Z in Unix ms: the time NTP sets the clock to.
 const T0: i64 = 1_795_662_000_000;

@@ -2,14 +2,12 @@
 //! catches and fails on that commit. Real files (`tempfile`, `FsMedium`) unless a fault needs
 //! the simulator (a bad sector).
 
-mod common;
-
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::tiny_options;
+use crate::common::tiny_options;
 use edgecap_storage::cursor::encode_slot;
 use edgecap_storage::limits::{SEGMENT_DATA_START, SEGMENT_DATA_START_V1};
 use edgecap_storage::record::encode_frame;

@@ -4,13 +4,11 @@
 //! thread or its forwarder is wedged (fault injection: `EDGECAP_FAULT_WEDGE`), so systemd
 //! would restart it.
 
-mod support;
-
 use std::os::unix::net::UnixDatagram;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 struct Notifications {
     rx: mpsc::Receiver<(Instant, String)>,

@@ -20,14 +20,12 @@
 //!
 //! Tests marked `SRC BUG` found real bugs in `src/` (now fixed); they stay as regressions.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use common::tiny_options;
+use crate::common::tiny_options;
 use edgecap_storage::cursor::{encode_slot, CURSOR_SLOT_BYTES};
 use edgecap_storage::limits::{SEGMENT_DATA_START, SEGMENT_TRAILER_BYTES};
 use edgecap_storage::record::{encode_frame, frame_bytes};

@@ -5,11 +5,9 @@
 //! How: real data directories in a `tempfile::TempDir` (the simulated medium only where a sync
 //! must fail on demand), asserting exact return values, errors, counters and recovery reports.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::tiny_options;
+use crate::common::tiny_options;
 use edgecap_storage::{Error, Event, Kind, Log, LogStats, RecoveryReport, SimMedium, Value};
 use tempfile::TempDir;
 

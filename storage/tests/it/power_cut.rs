@@ -12,11 +12,9 @@
 //! `EDGECAP_POWER_CUTS` (default 100,000); a failure prints its seed, and
 //! `EDGECAP_SEED=<seed> EDGECAP_POWER_CUTS=1` reruns exactly that schedule.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{event, seed_base, tiny_options};
+use crate::common::{event, seed_base, tiny_options};
 use edgecap_storage::{CrashStats, Event, Log, LogOptions, SimMedium, SplitMix64};
 
 /// Appends and syncs until the burst ends or the planned in-call crash happens. Returns the

@@ -6,15 +6,13 @@
 //! The child is this same test binary re-run with `EDGECAP_KILL_CHILD=<dir>`; the round count
 //! is `EDGECAP_KILL_ROUNDS` (default 60) and the seed `EDGECAP_SEED`.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::seed_base;
+use crate::common::seed_base;
 use edgecap_storage::{Event, Kind, Log, LogOptions, OnFull, SplitMix64, Value};
 
 fn options() -> LogOptions {
@@ -62,7 +60,11 @@ fn sigkill_never_loses_an_acked_seq() {
     let mut acked_max = 0u64;
     for round in 0..rounds {
         let mut child = Command::new(&exe)
-            .args(["--exact", "sigkill_never_loses_an_acked_seq", "--nocapture"])
+            .args([
+                "--exact",
+                "process_kill::sigkill_never_loses_an_acked_seq",
+                "--nocapture",
+            ])
             .env("EDGECAP_KILL_CHILD", dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

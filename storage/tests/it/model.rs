@@ -13,12 +13,10 @@
 //! `EDGECAP_MODEL_RUNS` (default 400) sets the number of seeded runs; a failure prints its seed,
 //! and `EDGECAP_SEED=<seed> EDGECAP_MODEL_RUNS=1` reruns it.
 
-mod common;
-
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use common::{event, seed_base, tiny_options};
+use crate::common::{event, seed_base, tiny_options};
 use edgecap_storage::{Error, Event, Log, LogOptions, OnFull, SeqRange, SimMedium, SplitMix64};
 
 struct Harness {

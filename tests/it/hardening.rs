@@ -1,0 +1,681 @@
+//! Daemon hardening (issue 9), black-box: the real binary against a real mosquitto, a fake
+//! broker, a relay that swallows a PUBACK, and an LD_PRELOAD shim that fails fdatasync. Each
+//! test is named after the failure it catches.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+
+use crate::support::*;
+
+/// `mosquitto_pub` of one QoS 1 message (retained when asked).
+fn mqtt_publish(port: u16, topic: &str, payload: &[u8], retain: bool) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), payload).unwrap();
+    let mut cmd = Command::new("mosquitto_pub");
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-q",
+        "1",
+        "-t",
+        topic,
+    ]);
+    cmd.arg("-f").arg(file.path());
+    if retain {
+        cmd.arg("-r");
+    }
+    let out = cmd
+        .output()
+        .expect("mosquitto_pub (the README's test command installs it)");
+    assert!(
+        out.status.success(),
+        "mosquitto_pub: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The stored events of `kind`, from `edgecap log dump`.
+fn stored(daemon: &Daemon, kind: &str) -> Vec<Json> {
+    daemon
+        .dump()
+        .into_iter()
+        .filter(|e| e["kind"] == kind)
+        .collect()
+}
+
+/// Stored `system` events named `name`.
+fn system_events(daemon: &Daemon, name: &str) -> Vec<Json> {
+    stored(daemon, "system")
+        .into_iter()
+        .filter(|e| e["value"]["event"] == name)
+        .collect()
+}
+
+/// Waits for the daemon process to exit by itself; its status.
+fn wait_exit(daemon: &mut Daemon, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = daemon.try_wait() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "daemon still running after {timeout:?}"
+        );
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn command_published_while_the_daemon_was_stopped_is_stored_after_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let broker = Broker::start(root.path());
+    let mut daemon = Daemon::start(root.path(), &upstream_config(broker.port));
+    wait_until("subscribed to commands", Duration::from_secs(20), || {
+        daemon.log_text().contains("subscribed to commands")
+    });
+    assert!(daemon.terminate().success());
+    mqtt_publish(
+        broker.port,
+        "edgecap/dev1/commands/valve",
+        br#"{"open":true}"#,
+        false,
+    );
+    daemon.restart();
+    wait_until(
+        "the offline command stored",
+        Duration::from_secs(20),
+        || {
+            stored(&daemon, "command")
+                .iter()
+                .any(|e| e["source"] == "valve" && e["value"]["open"] == true)
+        },
+    );
+}
+
+#[test]
+fn retained_command_is_stored_once_across_broker_and_daemon_restarts() {
+    let root = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(root.path());
+    mqtt_publish(broker.port, "edgecap/dev1/commands/mode", b"\"eco\"", true);
+    let mut daemon = Daemon::start(root.path(), &upstream_config(broker.port));
+    let count = |d: &Daemon| {
+        stored(d, "command")
+            .iter()
+            .filter(|e| e["source"] == "mode")
+            .count()
+    };
+    wait_until(
+        "the retained command stored",
+        Duration::from_secs(20),
+        || count(&daemon) == 1,
+    );
+    for _ in 0..2 {
+        broker.stop();
+        broker.restart();
+        wait_until("reconnected", Duration::from_secs(30), || {
+            daemon.status()["connected"] == true
+        });
+    }
+    // A new run subscribes again: the broker resends the retained command.
+    assert!(daemon.terminate().success());
+    daemon.restart();
+    wait_until("subscribed again", Duration::from_secs(20), || {
+        daemon.log_text().matches("subscribed to commands").count() >= 2
+    });
+    // A live event after the resubscription: once it is stored, the retained copy that the
+    // broker sent before it has been handled too.
+    acked_seqs(&request(&daemon.socket, &[event_line("probe", 1)]));
+    mqtt_publish(broker.port, "edgecap/dev1/commands/marker", b"1", false);
+    wait_until("the marker command stored", Duration::from_secs(20), || {
+        stored(&daemon, "command")
+            .iter()
+            .any(|e| e["source"] == "marker")
+    });
+    assert_eq!(count(&daemon), 1, "retained command stored more than once");
+    // A changed retained value is a new command.
+    mqtt_publish(
+        broker.port,
+        "edgecap/dev1/commands/mode",
+        b"\"boost\"",
+        true,
+    );
+    wait_until(
+        "the changed command stored",
+        Duration::from_secs(20),
+        || count(&daemon) == 2,
+    );
+}
+
+#[test]
+fn oversized_retained_command_does_not_break_forwarding() {
+    let root = tempfile::tempdir().unwrap();
+    let broker = Broker::start(root.path());
+    // Over the 1 MiB incoming packet limit: cannot even be read.
+    mqtt_publish(
+        broker.port,
+        "edgecap/dev1/commands/huge",
+        &vec![b'x'; 1_200_000],
+        true,
+    );
+    let sub = Subscriber::start(broker.port, "edgecap/dev1/events/#");
+    let daemon = Daemon::start(root.path(), &upstream_config(broker.port));
+    let acked = acked_seqs(&request(
+        &daemon.socket,
+        &[event_line("t", 1), event_line("t", 2)],
+    ));
+    wait_until(
+        "events forwarded despite the oversized command",
+        Duration::from_secs(30),
+        || acked.iter().all(|s| sub.seqs().contains(s)),
+    );
+    wait_until("the refusal recorded", Duration::from_secs(20), || {
+        !system_events(&daemon, "command_refused").is_empty()
+    });
+    let refusal = &system_events(&daemon, "command_refused")[0]["value"];
+    assert!(refusal["bytes"].as_u64() > Some(1 << 20), "{refusal}");
+    let status = daemon.status();
+    assert!(
+        status["current_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("paused")),
+        "{status}"
+    );
+    // Events keep flowing on the following connections too.
+    let more = acked_seqs(&request(&daemon.socket, &[event_line("t", 3)]));
+    wait_until("a later event forwarded", Duration::from_secs(30), || {
+        sub.seqs().contains(&more[0])
+    });
+    assert!(
+        stored(&daemon, "command").is_empty(),
+        "an oversized command was stored"
+    );
+}
+
+#[test]
+fn command_over_max_event_bytes_is_acknowledged_and_refused_not_redelivered_forever() {
+    let root = tempfile::tempdir().unwrap();
+    let broker = Broker::start(root.path());
+    // Over ingest.max_event_bytes (4096) but under the packet limit: read, acked, refused.
+    mqtt_publish(
+        broker.port,
+        "edgecap/dev1/commands/big",
+        &vec![b'y'; 10_000],
+        true,
+    );
+    let mut daemon = Daemon::start(root.path(), &upstream_config(broker.port));
+    wait_until("the refusal recorded", Duration::from_secs(20), || {
+        !system_events(&daemon, "command_refused").is_empty()
+    });
+    let refusal = &system_events(&daemon, "command_refused")[0]["value"];
+    assert_eq!(refusal["bytes"], 10_000, "{refusal}");
+    assert!(refusal["reason"]
+        .as_str()
+        .unwrap()
+        .contains("max_event_bytes"));
+    assert!(stored(&daemon, "command").is_empty());
+    // A new run resubscribes: the broker resends the retained value, refused once more; it
+    // is not redelivered on every reconnect in between.
+    assert!(daemon.terminate().success());
+    daemon.restart();
+    wait_until(
+        "refused again, as the retained value",
+        Duration::from_secs(20),
+        || system_events(&daemon, "command_refused").len() == 2,
+    );
+}
+
+#[test]
+fn event_whose_upstream_encoding_exceeds_the_packet_limit_is_refused_at_ingest() {
+    let root = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_with_storage(
+        root.path(),
+        "segment_size = \"1MiB\"\nmax_disk = \"256MiB\"\n",
+        "max_event_bytes = 20480\n",
+    );
+    // 4000 × `9e15,` is 20 KB of JSON that re-encodes as 76 KB (`9000000000000000.0`).
+    let values = vec!["9e15"; 4000].join(",");
+    let line = format!(r#"{{"source":"f","value":[{values}]}}"#);
+    assert!(line.len() < 20480);
+    let replies = request(&daemon.socket, &[line, event_line("f", 1)]);
+    assert_eq!(replies[0]["ok"], false, "{}", replies[0]);
+    let error = replies[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("`value`") && error.contains("MQTT packet limit"),
+        "{error}"
+    );
+    assert_eq!(replies[1]["ok"], true, "the connection stays usable");
+    assert_eq!(
+        stored(&daemon, "sensor").len(),
+        1,
+        "the refused event was stored"
+    );
+}
+
+/// A fake broker: answers every CONNECT with a CONNACK, then closes. Counts connections.
+fn accept_then_drop_broker() -> (u16, Arc<AtomicUsize>, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (c, s) = (count.clone(), stop.clone());
+    std::thread::spawn(move || {
+        while !s.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((mut stream, _)) => {
+                    c.fetch_add(1, Ordering::Relaxed);
+                    stream.set_nonblocking(false).unwrap();
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(2)))
+                        .unwrap();
+                    let mut buf = [0u8; 512];
+                    let _ = stream.read(&mut buf); // CONNECT
+                    let _ = stream.write_all(&[0x20, 0x02, 0x00, 0x00]); // CONNACK accepted
+                    std::thread::park_timeout(Duration::from_millis(50));
+                }
+                Err(_) => std::thread::park_timeout(Duration::from_millis(10)),
+            }
+        }
+    });
+    (port, count, stop)
+}
+
+#[test]
+fn broker_that_drops_right_after_connack_opens_the_breaker() {
+    let root = tempfile::tempdir().unwrap();
+    let (port, connections, stop) = accept_then_drop_broker();
+    let config = upstream_config(port).replace("open_secs = 1", "open_secs = 30");
+    let daemon = Daemon::start(root.path(), &config);
+    wait_until("the breaker open", Duration::from_secs(20), || {
+        daemon.status()["breaker"] == "open"
+    });
+    let status = daemon.status();
+    let error = status["current_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("client_id"),
+        "duplicate client id not suspected: {status}"
+    );
+    let at_open = connections.load(Ordering::Relaxed);
+    assert!(
+        at_open <= 10,
+        "{at_open} connections before the breaker opened"
+    );
+    // While open (30 s), no more attempts.
+    let probe = Instant::now();
+    while probe.elapsed() < Duration::from_secs(2) {
+        assert_eq!(daemon.status()["breaker"], "open");
+        std::thread::park_timeout(Duration::from_millis(100));
+    }
+    assert_eq!(
+        connections.load(Ordering::Relaxed),
+        at_open,
+        "reconnected while open"
+    );
+    stop.store(true, Ordering::Relaxed);
+}
+
+/// Reads one MQTT packet (fixed header, remaining length, body) from `from`.
+fn read_packet(from: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut packet = vec![0u8; 1];
+    from.read_exact(&mut packet).ok()?;
+    let (mut length, mut shift) = (0usize, 0);
+    loop {
+        let mut byte = [0u8; 1];
+        from.read_exact(&mut byte).ok()?;
+        packet.push(byte[0]);
+        length |= usize::from(byte[0] & 0x7f) << shift;
+        shift += 7;
+        if byte[0] & 0x80 == 0 || shift > 21 {
+            break;
+        }
+    }
+    let start = packet.len();
+    packet.resize(start + length, 0);
+    from.read_exact(&mut packet[start..]).ok()?;
+    Some(packet)
+}
+
+/// A loopback relay to the broker on `upstream` that swallows the first PUBACK the broker
+/// sends to the daemon (and passes everything else, PINGRESP included).
+fn relay_swallowing_one_puback(upstream: u16) -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let swallowed = Arc::new(AtomicUsize::new(0));
+    let counter = swallowed.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let Ok(broker) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                return;
+            };
+            let (mut c_in, mut b_out) = (client.try_clone().unwrap(), broker.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c_in, &mut b_out);
+                let _ = b_out.shutdown(std::net::Shutdown::Both);
+            });
+            let (mut b_in, mut c_out) = (broker, client);
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                while let Some(packet) = read_packet(&mut b_in) {
+                    if packet[0] >> 4 == 4 && counter.load(Ordering::Relaxed) == 0 {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    if c_out.write_all(&packet).is_err() {
+                        break;
+                    }
+                }
+                let _ = c_out.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    (port, swallowed)
+}
+
+#[test]
+fn swallowed_puback_makes_the_daemon_reconnect_and_resend() {
+    let root = tempfile::tempdir().unwrap();
+    let broker = Broker::start(root.path());
+    let sub = Subscriber::start(broker.port, "edgecap/dev1/events/#");
+    let (relay, swallowed) = relay_swallowing_one_puback(broker.port);
+    let config = upstream_config(relay).replace("keep_alive_secs = 5", "keep_alive_secs = 2");
+    let daemon = Daemon::start(root.path(), &config);
+    let seqs = acked_seqs(&request(&daemon.socket, &[event_line("t", 1)]));
+    wait_until(
+        "forwarded_seq past the event",
+        Duration::from_secs(30),
+        || daemon.status()["forwarded_seq"].as_u64() >= seqs.last().copied(),
+    );
+    assert_eq!(
+        swallowed.load(Ordering::Relaxed),
+        1,
+        "the relay swallowed no PUBACK"
+    );
+    assert!(
+        daemon.log_text().contains("no PUBACK for seq"),
+        "{}",
+        daemon.log_text()
+    );
+    wait_until("the event upstream", Duration::from_secs(10), || {
+        sub.seqs().contains(&seqs[0])
+    });
+}
+
+#[test]
+fn sigterm_finishes_with_a_deaf_producer_and_a_stalled_follower() {
+    let root = tempfile::tempdir().unwrap();
+    let mut daemon = Daemon::start(root.path(), "");
+    let lines: Vec<String> = (0..20_000).map(|i| event_line("t", i)).collect();
+    acked_seqs(&request(&daemon.socket, &lines));
+    // A follower that never reads: its socket buffer fills with the 20,000 stored events.
+    let mut follower = UnixStream::connect(&daemon.socket).unwrap();
+    follower
+        .write_all(b"{\"op\":\"follow\",\"from\":1}\n")
+        .unwrap();
+    // A producer that sends and never reads its answers.
+    let deaf = UnixStream::connect(&daemon.socket).unwrap();
+    let mut writer = deaf.try_clone().unwrap();
+    writer
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let flood = std::thread::spawn(move || {
+        let line = format!("{}\n", event_line("deaf", 1));
+        for _ in 0..200_000 {
+            if writer.write_all(line.as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    wait_until(
+        "the deaf producer's events stored",
+        Duration::from_secs(20),
+        || daemon.status()["appended_seq"].as_u64() > Some(20_200),
+    );
+    let started = Instant::now();
+    let status = daemon.terminate();
+    let took = started.elapsed();
+    assert!(
+        status.success(),
+        "exit {status:?}; log:\n{}",
+        daemon.log_text()
+    );
+    assert!(took < Duration::from_secs(10), "SIGTERM took {took:?}");
+    drop((follower, deaf));
+    flood.join().unwrap();
+    daemon.restart();
+    let text = daemon.log_text();
+    assert!(
+        system_events(&daemon, "recovery").is_empty(),
+        "the next start saw an unclean shutdown:\n{text}"
+    );
+}
+
+/// Builds the fdatasync-failing shim; `None` (with the reason printed) without a C compiler.
+fn build_shim(dir: &Path) -> Option<PathBuf> {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/it/fail_fdatasync.c");
+    let out = dir.join("fail_fdatasync.so");
+    let built = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&out)
+        .arg(&source)
+        .arg("-ldl")
+        .status();
+    match built {
+        Ok(status) if status.success() => Some(out),
+        other => {
+            eprintln!("SKIPPED: cannot build the LD_PRELOAD shim with cc: {other:?}");
+            None
+        }
+    }
+}
+
+#[test]
+fn failed_fdatasync_ends_the_process_non_zero_and_a_restart_recovers_every_acked_event() {
+    let root = tempfile::tempdir().unwrap();
+    let Some(shim) = build_shim(root.path()) else {
+        return;
+    };
+    let trigger = root.path().join("fail-now");
+    let mut daemon = Daemon::start(root.path(), "");
+    daemon.terminate();
+    daemon.env = vec![
+        ("LD_PRELOAD".into(), shim.display().to_string()),
+        ("EDGECAP_SHIM_FAIL_IF".into(), trigger.display().to_string()),
+    ];
+    daemon.restart();
+    let lines: Vec<String> = (0..500).map(|i| event_line("t", i)).collect();
+    let acked = acked_seqs(&request(&daemon.socket, &lines));
+    std::fs::write(&trigger, b"").unwrap();
+    let replies = request(&daemon.socket, &[event_line("t", "after")]);
+    assert_eq!(
+        replies[0]["ok"], false,
+        "acked without a durable sync: {}",
+        replies[0]
+    );
+    let status = wait_exit(&mut daemon, Duration::from_secs(20));
+    assert!(
+        !status.success(),
+        "a poisoned log must end the process non-zero"
+    );
+    assert!(
+        daemon.log_text().contains("systemd restarts"),
+        "{}",
+        daemon.log_text()
+    );
+    std::fs::remove_file(&trigger).unwrap();
+    daemon.env.clear();
+    daemon.restart();
+    let values: Vec<u64> = stored(&daemon, "sensor")
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .collect();
+    for seq in &acked {
+        assert!(values.contains(seq), "acked seq {seq} lost");
+    }
+    assert_eq!(
+        system_events(&daemon, "recovery").len(),
+        1,
+        "unclean stop not recorded"
+    );
+    assert_eq!(daemon.status()["healthy"], true);
+}
+
+#[test]
+fn followers_whose_filter_matches_nothing_do_not_starve_the_runtime() {
+    let root = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(root.path(), "");
+    let lines: Vec<String> = (0..100_000).map(|i| event_line("t", i)).collect();
+    acked_seqs(&request(&daemon.socket, &lines));
+    let followers: Vec<UnixStream> = (0..4)
+        .map(|_| {
+            let mut s = UnixStream::connect(&daemon.socket).unwrap();
+            s.write_all(b"{\"op\":\"follow\",\"from\":1,\"source\":\"nothing\"}\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    let mut worst = Duration::ZERO;
+    for _ in 0..20 {
+        let asked = Instant::now();
+        let status = daemon.status();
+        worst = worst.max(asked.elapsed());
+        assert_eq!(status["healthy"], true);
+    }
+    assert!(
+        worst < Duration::from_secs(1),
+        "status took {worst:?} behind the followers"
+    );
+    drop(followers);
+}
+
+#[test]
+fn a_regular_file_at_the_socket_path_is_never_removed() {
+    let root = tempfile::tempdir().unwrap();
+    let socket = root.path().join("ingest.sock");
+    std::fs::write(&socket, b"precious").unwrap();
+    let config = root.path().join("edgecap.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "device_id = \"dev1\"\n[storage]\ndir = \"{}\"\n[ingest]\nsocket = \"{}\"\n",
+            root.path().join("data").display(),
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let out = edgecap()
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not a socket"), "{stderr}");
+    assert_eq!(std::fs::read(&socket).unwrap(), b"precious");
+}
+
+/// MQTT's variable-length "remaining length".
+fn remaining_length(mut n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let mut byte = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            byte |= 0x80;
+        }
+        out.push(byte);
+        if n == 0 {
+            return out;
+        }
+    }
+}
+
+/// A scripted broker for one connection: CONNACK, SUBACK, then one QoS 1 PUBLISH on `topic`
+/// (which mosquitto itself would refuse to carry), then PINGRESPs until the daemon leaves.
+fn broker_publishing_on(topic: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let Ok((mut stream, _)) = listener.accept() else {
+            return;
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let _connect = read_packet(&mut stream);
+        stream.write_all(&[0x20, 0x02, 0x00, 0x00]).unwrap();
+        while let Some(packet) = read_packet(&mut stream) {
+            match packet[0] >> 4 {
+                8 => {
+                    let length_bytes =
+                        packet[1..].iter().take_while(|b| **b & 0x80 != 0).count() + 1;
+                    let header = 1 + length_bytes;
+                    let pkid = [packet[header], packet[header + 1]];
+                    stream
+                        .write_all(&[0x90, 0x03, pkid[0], pkid[1], 0x01])
+                        .unwrap();
+                    let mut publish = vec![0x32];
+                    publish.extend(remaining_length(2 + topic.len() + 2 + 1));
+                    publish.extend((topic.len() as u16).to_be_bytes());
+                    publish.extend(topic.as_bytes());
+                    publish.extend([0x00, 0x01, b'1']);
+                    stream.write_all(&publish).unwrap();
+                }
+                12 => stream.write_all(&[0xd0, 0x00]).unwrap(),
+                _ => {}
+            }
+        }
+    });
+    port
+}
+
+#[test]
+fn command_topic_with_a_newline_cannot_inject_a_log_line() {
+    let root = tempfile::tempdir().unwrap();
+    let port = broker_publishing_on("edgecap/dev1/commands/x\nFAKE fatal: injected");
+    let daemon = Daemon::start(root.path(), &upstream_config(port));
+    wait_until("the refusal recorded", Duration::from_secs(20), || {
+        !system_events(&daemon, "command_refused").is_empty()
+    });
+    let injected = BufReader::new(daemon.log_text().as_bytes())
+        .lines()
+        .any(|l| l.unwrap().starts_with("FAKE"));
+    assert!(!injected, "a topic started a log line of its own");
+}
+
+#[test]
+fn current_error_clears_when_the_link_recovers_and_last_error_stays() {
+    let root = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(root.path());
+    let config = upstream_config(broker.port).replace("keep_alive_secs = 5", "keep_alive_secs = 1");
+    let daemon = Daemon::start(root.path(), &config);
+    wait_until("connected", Duration::from_secs(20), || {
+        daemon.status()["connected"] == true
+    });
+    broker.stop();
+    wait_until("the error reported", Duration::from_secs(20), || {
+        daemon.status()["current_error"].is_string()
+    });
+    broker.restart();
+    wait_until("current_error cleared", Duration::from_secs(30), || {
+        daemon.status()["current_error"].is_null()
+    });
+    assert!(
+        daemon.status()["last_error"].is_string(),
+        "last_error forgot the outage"
+    );
+}
