@@ -679,3 +679,172 @@ fn current_error_clears_when_the_link_recovers_and_last_error_stays() {
         "last_error forgot the outage"
     );
 }
+
+#[test]
+fn stored_event_too_large_for_upstream_is_set_aside_and_the_rest_forwarded() {
+    use edgecap_storage::{Event, Kind, Log, LogOptions, Value};
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    {
+        // Stored by an older version (or another tool): 4000 floats of 9e15 re-encode as
+        // 76 KB of JSON, over the 64 KiB packet limit.
+        let options = LogOptions {
+            segment_bytes: 1 << 20,
+            ..LogOptions::default()
+        };
+        let (log, _) = Log::open(&dir, options).unwrap();
+        let floats = Value::Array(vec![Value::Float(9e15); 4000]);
+        log.append(Event::new(Kind::Sensor, "big", floats).unwrap())
+            .unwrap();
+        log.append(Event::new(Kind::Sensor, "small", Value::Int(1)).unwrap())
+            .unwrap();
+        log.sync().unwrap();
+    }
+    let broker = Broker::start(root.path());
+    let sub = Subscriber::start(broker.port, "edgecap/dev1/events/#");
+    let daemon = Daemon::start_with_storage(
+        root.path(),
+        "segment_size = \"1MiB\"\nmax_disk = \"256MiB\"\n",
+        &format!("max_event_bytes = 20480\n{}", upstream_config(broker.port)),
+    );
+    wait_until("the small event forwarded", Duration::from_secs(30), || {
+        sub.seqs().contains(&2)
+    });
+    assert!(!sub.seqs().contains(&1), "the oversized event was sent");
+    wait_until("the skip recorded", Duration::from_secs(10), || {
+        !system_events(&daemon, "forward_skip").is_empty()
+    });
+    let skip = &system_events(&daemon, "forward_skip")[0]["value"];
+    assert_eq!(skip["seq"], 1, "{skip}");
+    assert_eq!(daemon.status()["skipped_events"], 1);
+    wait_until("the cursor past both", Duration::from_secs(10), || {
+        daemon.status()["forwarded_seq"].as_u64() >= Some(2)
+    });
+}
+
+/// A relay to the broker on `upstream` that closes the connection whenever the daemon
+/// publishes a payload containing `marker` (a broker that rejects one message by dropping
+/// the client, as brokers do with a packet they refuse).
+fn relay_closing_on(upstream: u16, marker: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let Ok(broker) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                return;
+            };
+            let (mut b_in, mut c_out) = (broker.try_clone().unwrap(), client.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut b_in, &mut c_out);
+                let _ = c_out.shutdown(std::net::Shutdown::Both);
+            });
+            let (mut c_in, mut b_out) = (client, broker);
+            std::thread::spawn(move || {
+                while let Some(packet) = read_packet(&mut c_in) {
+                    let poisoned = packet[0] >> 4 == 3
+                        && packet.windows(marker.len()).any(|w| w == marker.as_bytes());
+                    if poisoned || b_out.write_all(&packet).is_err() {
+                        break;
+                    }
+                }
+                let _ = c_in.shutdown(std::net::Shutdown::Both);
+                let _ = b_out.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn event_that_makes_the_broker_drop_us_every_time_is_quarantined() {
+    let root = tempfile::tempdir().unwrap();
+    let broker = Broker::start(root.path());
+    let sub = Subscriber::start(broker.port, "edgecap/dev1/events/#");
+    let relay = relay_closing_on(broker.port, "poison-pill");
+    let daemon = Daemon::start(root.path(), &upstream_config(relay));
+    let lines = [
+        event_line("t", 1),
+        event_line("t", "poison-pill"),
+        event_line("t", 3),
+    ];
+    let seqs = acked_seqs(&request(&daemon.socket, &lines));
+    wait_until(
+        "the event after the pill forwarded",
+        Duration::from_secs(60),
+        || sub.seqs().contains(&seqs[2]),
+    );
+    assert!(!sub.seqs().contains(&seqs[1]));
+    let skips = system_events(&daemon, "forward_skip");
+    assert_eq!(skips.len(), 1, "{skips:?}");
+    assert_eq!(skips[0]["value"]["seq"], seqs[1]);
+}
+
+#[test]
+fn drop_event_is_durable_with_the_batch_that_caused_it() {
+    let root = tempfile::tempdir().unwrap();
+    // 10 segments of 64 KiB, no forwarder: every new segment drops the oldest.
+    let daemon = Daemon::start_with_storage(
+        root.path(),
+        "segment_size = \"64KiB\"\nmax_disk = \"640KiB\"\non_full = \"drop_oldest\"\n",
+        "",
+    );
+    let payload = "x".repeat(1000);
+    let mut saw_drop = false;
+    for round in 0..60 {
+        let lines: Vec<String> = (0..20)
+            .map(|i| event_line("t", format!("{payload}{round}{i}")))
+            .collect();
+        acked_seqs(&request(&daemon.socket, &lines));
+        let status = daemon.status();
+        assert_eq!(
+            status["durable_seq"], status["appended_seq"],
+            "after the acks of round {round}, something appended is not durable: {status}"
+        );
+        saw_drop |= status["dropped_events"].as_u64() > Some(0);
+    }
+    assert!(
+        saw_drop,
+        "the budget never dropped: the test proves nothing"
+    );
+}
+
+#[test]
+fn cursor_write_failure_ends_the_process_non_zero_and_the_cursor_is_never_ahead() {
+    let root = tempfile::tempdir().unwrap();
+    let Some(shim) = build_shim(root.path()) else {
+        return;
+    };
+    let broker = Broker::start(root.path());
+    let trigger = root.path().join("fail-now");
+    let mut daemon = Daemon::start(root.path(), &upstream_config(broker.port));
+    let first = acked_seqs(&request(&daemon.socket, &[event_line("t", 1)]));
+    wait_until("the cursor persisted", Duration::from_secs(20), || {
+        daemon.status()["forwarded_seq"].as_u64() >= first.last().copied()
+    });
+    daemon.terminate();
+    daemon.env = vec![
+        ("LD_PRELOAD".into(), shim.display().to_string()),
+        ("EDGECAP_SHIM_FAIL_IF".into(), trigger.display().to_string()),
+        ("EDGECAP_SHIM_FAIL_MATCH".into(), ".cursor".into()),
+    ];
+    daemon.restart();
+    std::fs::write(&trigger, b"").unwrap();
+    acked_seqs(&request(&daemon.socket, &[event_line("t", 2)]));
+    let status = wait_exit(&mut daemon, Duration::from_secs(20));
+    assert!(
+        !status.success(),
+        "a cursor that cannot be written must end the process"
+    );
+    assert!(daemon
+        .log_text()
+        .contains("cannot persist the forward cursor"));
+    daemon.env.clear();
+    daemon.restart();
+    let cursor = daemon.status()["forwarded_seq"].as_u64().unwrap();
+    let durable = daemon.status()["durable_seq"].as_u64().unwrap();
+    assert!(
+        cursor <= durable,
+        "cursor {cursor} ahead of the log {durable}"
+    );
+}

@@ -12,9 +12,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
-/// The binary under test.
+/// The binary under test: this build's, or `EDGECAP_TEST_BIN` (to run the same tests against
+/// an older build and see what they caught).
 pub fn edgecap() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_edgecap"))
+    match std::env::var_os("EDGECAP_TEST_BIN") {
+        Some(bin) => Command::new(bin),
+        None => Command::new(env!("CARGO_BIN_EXE_edgecap")),
+    }
 }
 
 /// A port nobody listens on right now.

@@ -610,15 +610,16 @@ impl Coordinator {
     fn flush_acks(&mut self) {
         while let Some((generation, publish)) = self.acks.front() {
             let up = matches!(self.link, Link::Up { .. });
-            if *generation > self.generation {
-                return; // its CONNACK is still on the way to us
-            }
-            if *generation == self.generation && up {
-                if self.client.try_ack(publish).is_err() {
-                    return; // rumqttc's queue is full: next pass
+            match ack_decision(*generation, self.generation, up) {
+                AckDecision::Wait => return,
+                AckDecision::Send => {
+                    if self.client.try_ack(publish).is_err() {
+                        return; // rumqttc's queue is full: next pass
+                    }
                 }
-            } else {
-                tracing::debug!(topic = ?publish.topic, "command PUBACK of an ended connection not sent; the broker redelivers it");
+                AckDecision::Discard => {
+                    tracing::debug!(topic = ?publish.topic, "command PUBACK of an ended connection not sent; the broker redelivers it");
+                }
             }
             self.acks.pop_front();
         }
@@ -716,6 +717,55 @@ impl Coordinator {
     }
 }
 
+/// What to do with a command PUBACK computed for connection `ack`.
+#[derive(Debug, PartialEq, Eq)]
+enum AckDecision {
+    Send,
+    /// Its connection ended: a pkid means nothing on another connection.
+    Discard,
+    /// Its connection's CONNACK has not reached the coordinator yet.
+    Wait,
+}
+
+fn ack_decision(ack: Generation, current: Generation, up: bool) -> AckDecision {
+    match ack.cmp(&current) {
+        std::cmp::Ordering::Greater => AckDecision::Wait,
+        std::cmp::Ordering::Equal if up => AckDecision::Send,
+        _ => AckDecision::Discard,
+    }
+}
+
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_puback_never_crosses_connections() {
+        assert_eq!(ack_decision(3, 3, true), AckDecision::Send);
+        assert_eq!(
+            ack_decision(3, 3, false),
+            AckDecision::Discard,
+            "connection 3 ended"
+        );
+        assert_eq!(
+            ack_decision(2, 3, true),
+            AckDecision::Discard,
+            "computed on 2, now on 3"
+        );
+        assert_eq!(
+            ack_decision(4, 3, true),
+            AckDecision::Wait,
+            "CONNACK 4 not seen yet"
+        );
+    }
+
+    #[test]
+    fn publish_bytes_counts_the_whole_packet() {
+        let topic = "edgecap/dev1/events/t";
+        assert!(publish_bytes(topic, "{}") >= 2 + topic.len() + 2 + 2 + 2);
+    }
 }
