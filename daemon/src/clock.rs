@@ -6,7 +6,13 @@
 //! synchronised (`adjtimex`: not `TIME_ERROR`) at capture. Together they let a reader order
 //! events within a boot and correct wall times captured before NTP stepped the clock.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+use crate::limits::{CLOCK_CHECK_INTERVAL_MS, CLOCK_STEP_THRESHOLD_MS};
+use crate::system::SystemEvent;
+use crate::writer;
 
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -170,6 +176,35 @@ pub fn format_rfc3339_ms(wall_ms: i64) -> String {
 pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
     let t = OffsetDateTime::parse(text, &Rfc3339).ok()?;
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+/// Watches for wall-clock steps (NTP sync after boot on a Pi without RTC): when the offset
+/// between the wall clock and the boot-time clock moves by more than
+/// `CLOCK_STEP_THRESHOLD_MS`, stores a `system` clock_step event with the offset, so earlier
+/// timestamps of this boot can be corrected.
+pub async fn watch_steps(writer: writer::WriterHandle, mut shutdown: watch::Receiver<bool>) {
+    let offset = || crate::clock::wall_ms() - crate::clock::boottime_ms() as i64;
+    let mut last = offset();
+    let mut tick = tokio::time::interval(Duration::from_millis(CLOCK_CHECK_INTERVAL_MS));
+    loop {
+        tokio::select! {
+            _ = crate::wait_true(&mut shutdown) => return,
+            _ = tick.tick() => {}
+        }
+        let now = offset();
+        let step = now - last;
+        if step.abs() > CLOCK_STEP_THRESHOLD_MS {
+            tracing::info!(offset_ms = step, "wall clock stepped");
+            let system = SystemEvent::ClockStep {
+                offset_ms: step,
+                synced: crate::clock::clock_synced(),
+            };
+            if let Ok(Err(e)) = writer.append(system.into_event()).await.await {
+                tracing::error!(error = %e, "cannot record the clock step");
+            }
+        }
+        last = now;
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,11 @@
 //! (`max_event_bytes`): an oversized line is discarded as it streams in, never buffered whole.
 //! `max_clients` is a semaphore; the client over the limit gets one error line and is closed.
 
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::sync::Arc;
+
+use anyhow::Context;
 
 use edgecap_storage::{Event, Kind, Log};
 use serde_json::{json, Value as Json};
@@ -439,6 +443,39 @@ async fn write_replies(
         }
     }
     Some(write)
+}
+
+/// Binds the ingest socket: refuses if a live daemon answers there, removes a stale socket,
+/// and never removes anything else found at that path (a regular file, a directory).
+pub fn bind_socket(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::FileTypeExt as _;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            anyhow::bail!(
+                "ingest.socket {} exists and is not a socket; not removing it",
+                path.display()
+            );
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "ingest.socket {} is in use by a running daemon",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    if let Some(parent) = path.parent() {
+        if !parent.as_os_str().is_empty() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {:o} {}", mode, path.display()))?;
+    Ok(listener)
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub mod notify;
 pub mod project;
 pub mod retry;
 pub mod snapshot;
+pub mod start;
 pub mod status;
 pub mod system;
 pub mod tls;

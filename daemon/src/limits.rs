@@ -102,6 +102,38 @@ pub const SYNC_INTERVAL_MS_DEFAULT: u64 = 50;
 /// per follower, about 64 KiB).
 pub const FOLLOW_BATCH_EVENTS: usize = 256;
 
+/// MQTT events from the poll task to the coordinator: 256. A full channel makes the poll task
+/// wait (rumqttc then stops reading the socket: back-pressure, nothing lost).
+pub const LINK_EVENTS_MAX: usize = 256;
+/// Orders from the coordinator to the poll task (resume, drop): 4; only one is ever pending.
+pub const LINK_ORDERS_MAX: usize = 4;
+/// rumqttc's request queue beyond the in-flight window (acks, subscribes, disconnect): 16.
+pub const MQTT_REQUESTS_SPARE: usize = 16;
+/// Fatal-fault reports to the daemon: 4 (the first one stops it; later ones are dropped).
+pub const FATAL_QUEUE_MAX: usize = 4;
+/// Events the projection folds per pass before yielding: 1024.
+pub const PROJECT_BATCH_EVENTS: usize = 1024;
+/// Most problems and lost ranges listed in one `recovery` event: 32 (the totals are always
+/// there).
+pub const RECOVERY_LIST_MAX: usize = 32;
+/// Longest problem sentence kept in a `recovery` event: 240 bytes.
+pub const PROBLEM_CHARS_MAX: usize = 240;
+/// STATUS= refresh period when no watchdog is configured: 5 s.
+pub const STATUS_INTERVAL_MS: u64 = 5_000;
+
+/// Most recent entries kept per projection history list: 32 (totals are kept separately).
+pub const HISTORY_MAX: usize = 32;
+/// Most distinct sources and command names the projection tracks: 4096 each; later ones are
+/// counted in `untracked_events` instead of growing memory without bound.
+pub const KEYS_MAX: usize = 4096;
+/// A projection snapshot every 100,000 events: at the measured replay speed a `state` query
+/// never replays more than a fraction of a second past one; each costs one small file write.
+pub const SNAPSHOT_EVERY_EVENTS: u64 = 100_000;
+/// Snapshots kept: 3 (older ones serve `--at-seq` queries into the past).
+pub const SNAPSHOTS_KEPT: usize = 3;
+/// Largest snapshot accepted: 64 MiB (a corrupt length never makes us allocate more).
+pub const SNAPSHOT_BYTES_MAX: usize = 64 << 20;
+
 /// How often the clock-step watcher compares the wall clock with `CLOCK_BOOTTIME`: 1 s.
 pub const CLOCK_CHECK_INTERVAL_MS: u64 = 1000;
 /// A wall-clock jump larger than this (beyond normal NTP slewing) is a step: 1 s.

@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::status::Health;
 use crate::writer::WriterHandle;
 
-/// STATUS= refresh period when no watchdog is configured: 5 s.
-const STATUS_INTERVAL: Duration = Duration::from_secs(5);
+/// STATUS= refresh period when no watchdog is configured.
+const STATUS_INTERVAL: Duration = Duration::from_millis(crate::limits::STATUS_INTERVAL_MS);
 
 /// A request for proof of life: answer on the sender.
 pub type Ping = oneshot::Sender<()>;

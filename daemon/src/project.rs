@@ -19,12 +19,14 @@ use serde_json::{json, Value as Json};
 
 use crate::clock::{format_rfc3339_ms, Corrections};
 use crate::json::to_json;
+use crate::limits::{PROJECT_BATCH_EVENTS, SNAPSHOT_EVERY_EVENTS};
+use crate::snapshot;
+use edgecap_storage::Log;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
 
-/// Most recent entries kept per daemon history list: 32 (totals are kept separately).
-pub const HISTORY_MAX: usize = 32;
-/// Most distinct sources and command names tracked: 4096 each; later ones are counted in
-/// `untracked_events` instead of growing memory without bound.
-pub const KEYS_MAX: usize = 4096;
+pub use crate::limits::{HISTORY_MAX, KEYS_MAX};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SourceState {
@@ -434,6 +436,65 @@ impl State {
             let _ = writeln!(out, "  clock step at seq {}: {:+} ms", c.seq, c.offset_ms);
         }
         out
+    }
+}
+
+/// The daemon's incremental projection: starts from the newest snapshot, folds in every
+/// durable event, and writes a snapshot every `SNAPSHOT_EVERY_EVENTS` events.
+pub async fn run(
+    log: Log,
+    dir: PathBuf,
+    mut durable: watch::Receiver<u64>,
+    mut shutdown: watch::Receiver<bool>,
+    state: Arc<Mutex<State>>,
+) {
+    let start = {
+        let dir = dir.clone();
+        let target = log.durable_seq();
+        tokio::task::spawn_blocking(move || snapshot::load_newest(&dir, target))
+            .await
+            .ok()
+    };
+    if let Some((Some(snapshot), _)) = start {
+        *state.lock().unwrap_or_else(|e| e.into_inner()) = snapshot;
+    }
+    let mut last_snapshot = state.lock().unwrap_or_else(|e| e.into_inner()).seq;
+    loop {
+        let next = state.lock().unwrap_or_else(|e| e.into_inner()).seq + 1;
+        let mut batch = Vec::with_capacity(PROJECT_BATCH_EVENTS);
+        let mut reader = log.reader(next);
+        for item in reader.by_ref().take(PROJECT_BATCH_EVENTS) {
+            match item {
+                Ok(event) => batch.push(event),
+                Err(e) => tracing::warn!(error = %e, "projection skipped a corrupt record"),
+            }
+        }
+        let caught_up = batch.len() < PROJECT_BATCH_EVENTS;
+        let snapshot_due = {
+            let mut current = state.lock().unwrap_or_else(|e| e.into_inner());
+            for event in &batch {
+                current.apply(event);
+            }
+            (current.seq / SNAPSHOT_EVERY_EVENTS > last_snapshot / SNAPSHOT_EVERY_EVENTS)
+                .then(|| current.clone())
+        };
+        if let Some(snapshot) = snapshot_due {
+            last_snapshot = snapshot.seq;
+            let dir = dir.clone();
+            let written =
+                tokio::task::spawn_blocking(move || snapshot::write(&dir, &snapshot)).await;
+            if let Ok(Err(e)) = written {
+                tracing::warn!(error = %e, "cannot write a projection snapshot");
+            }
+        }
+        if !caught_up {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        tokio::select! {
+            _ = crate::wait_true(&mut shutdown) => return,
+            changed = durable.changed() => if changed.is_err() { return },
+        }
     }
 }
 

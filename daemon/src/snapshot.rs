@@ -24,13 +24,7 @@ use crate::project::State;
 
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"EDGECAPP";
 pub const SNAPSHOT_VERSION: u32 = 1;
-/// A snapshot every 100,000 events: at the measured replay speed a `state` query never replays
-/// more than a fraction of a second past one; each costs one small file write.
-pub const SNAPSHOT_EVERY_EVENTS: u64 = 100_000;
-/// Snapshots kept: 3 (older ones serve `--at-seq` queries into the past).
-pub const SNAPSHOTS_KEPT: usize = 3;
-/// Largest snapshot accepted: 64 MiB (a corrupt length never makes us allocate more).
-pub const SNAPSHOT_BYTES_MAX: usize = 64 << 20;
+pub use crate::limits::{SNAPSHOTS_KEPT, SNAPSHOT_BYTES_MAX, SNAPSHOT_EVERY_EVENTS};
 const HEADER_BYTES: usize = 28;
 
 pub fn snapshot_dir(data_dir: &Path) -> PathBuf {

@@ -607,6 +607,12 @@ fn remaining_length(mut n: usize) -> Vec<u8> {
 /// A scripted broker for one connection: CONNACK, SUBACK, then one QoS 1 PUBLISH on `topic`
 /// (which mosquitto itself would refuse to carry), then PINGRESPs until the daemon leaves.
 fn broker_publishing_on(topic: &'static str) -> u16 {
+    scripted_broker(0x01, Some(topic))
+}
+
+/// A scripted broker for one connection: CONNACK, a SUBACK with return code `suback`, then
+/// (when `topic` is given) one QoS 1 PUBLISH on it, then PINGRESPs until the daemon leaves.
+fn scripted_broker(suback: u8, topic: Option<&'static str>) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -626,8 +632,9 @@ fn broker_publishing_on(topic: &'static str) -> u16 {
                     let header = 1 + length_bytes;
                     let pkid = [packet[header], packet[header + 1]];
                     stream
-                        .write_all(&[0x90, 0x03, pkid[0], pkid[1], 0x01])
+                        .write_all(&[0x90, 0x03, pkid[0], pkid[1], suback])
                         .unwrap();
+                    let Some(topic) = topic else { continue };
                     let mut publish = vec![0x32];
                     publish.extend(remaining_length(2 + topic.len() + 2 + 1));
                     publish.extend((topic.len() as u16).to_be_bytes());
@@ -846,5 +853,69 @@ fn cursor_write_failure_ends_the_process_non_zero_and_the_cursor_is_never_ahead(
     assert!(
         cursor <= durable,
         "cursor {cursor} ahead of the log {durable}"
+    );
+}
+
+#[test]
+fn refused_command_subscription_is_reported_not_ignored() {
+    let root = tempfile::tempdir().unwrap();
+    let port = scripted_broker(0x80, None);
+    let daemon = Daemon::start(root.path(), &upstream_config(port));
+    wait_until(
+        "the SUBACK failure reported",
+        Duration::from_secs(20),
+        || {
+            daemon.status()["current_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("refused the subscription"))
+        },
+    );
+    assert!(daemon.log_text().contains("retrying"));
+}
+
+#[test]
+fn two_daemons_with_one_client_id_are_reported() {
+    let root = tempfile::tempdir().unwrap();
+    let broker = Broker::start(root.path());
+    let (one, two) = (root.path().join("one"), root.path().join("two"));
+    std::fs::create_dir_all(&one).unwrap();
+    std::fs::create_dir_all(&two).unwrap();
+    // Both default to client_id = device_id = "dev1": a copied config.
+    let a = Daemon::start(&one, &upstream_config(broker.port));
+    let b = Daemon::start(&two, &upstream_config(broker.port));
+    let suspected = |d: &Daemon| {
+        d.status()["current_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("client_id"))
+    };
+    wait_until(
+        "a duplicate client id reported",
+        Duration::from_secs(60),
+        || suspected(&a) || suspected(&b),
+    );
+}
+
+#[test]
+fn password_file_readable_by_everyone_is_warned_about_in_the_log() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let root = tempfile::tempdir().unwrap();
+    let broker = Broker::start(root.path());
+    let password = root.path().join("password");
+    std::fs::write(&password, "s3cret\n").unwrap();
+    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // username/password_file belong to [upstream]: right after its header.
+    let config = upstream_config(broker.port).replacen(
+        "[upstream]\n",
+        &format!(
+            "[upstream]\nusername = \"edge\"\npassword_file = \"{}\"\n",
+            password.display()
+        ),
+        1,
+    );
+    let daemon = Daemon::start(root.path(), &config);
+    assert!(
+        daemon.log_text().contains("readable by every user"),
+        "{}",
+        daemon.log_text()
     );
 }

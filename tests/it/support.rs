@@ -356,12 +356,24 @@ impl Daemon {
         });
     }
 
-    /// SIGTERM and the exit status.
+    /// SIGTERM and the exit status; panics (after a SIGKILL) if the daemon has not exited
+    /// within 30 s, twice the daemon's own shutdown bound.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        child.wait().unwrap()
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the daemon did not exit within 30 s of SIGTERM");
+            }
+            std::thread::park_timeout(Duration::from_millis(10));
+        }
     }
 
     /// The exit status if the daemon has exited by itself (it is then no longer running).

@@ -44,8 +44,9 @@ use crate::config::{BreakerConfig, RetryConfig, UpstreamConfig};
 use crate::json::event_json;
 use crate::limits::{
     COMMAND_PACKET_BYTES_MAX, COMMAND_PAUSE_MS, COMMAND_QUEUE_MAX, CONNECTION_HEALTHY_MS,
-    CURSOR_PERSIST_INTERVAL_MS, EARLY_DROPS_REPORTED, FORWARD_READ_BATCH, MQTT_PACKET_BYTES_MAX,
-    POISON_STRIKES_MAX, SUBSCRIBE_RETRY_MS, SYSTEM_QUEUE_MAX,
+    CURSOR_PERSIST_INTERVAL_MS, EARLY_DROPS_REPORTED, FORWARD_READ_BATCH, LINK_EVENTS_MAX,
+    LINK_ORDERS_MAX, MQTT_PACKET_BYTES_MAX, MQTT_REQUESTS_SPARE, POISON_STRIKES_MAX,
+    SUBSCRIBE_RETRY_MS, SYSTEM_QUEUE_MAX,
 };
 use crate::retry::{Backoff, Breaker};
 use crate::status::Health;
@@ -171,9 +172,12 @@ impl Forwarder {
     /// Runs until `shutdown` turns true; persists the cursor before returning.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let window_max = usize::from(self.upstream.max_inflight);
-        let (client, eventloop) = AsyncClient::new(mqtt_options(&self.upstream), window_max + 16);
-        let (events_tx, mut events) = mpsc::channel(256);
-        let (orders_tx, orders_rx) = mpsc::channel(4);
+        let (client, eventloop) = AsyncClient::new(
+            mqtt_options(&self.upstream),
+            window_max + MQTT_REQUESTS_SPARE,
+        );
+        let (events_tx, mut events) = mpsc::channel(LINK_EVENTS_MAX);
+        let (orders_tx, orders_rx) = mpsc::channel(LINK_ORDERS_MAX);
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE_MAX);
         let (acks_tx, mut acks) = mpsc::channel(COMMAND_QUEUE_MAX);
         let poller = tokio::spawn(link::poll_task(
