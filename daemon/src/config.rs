@@ -507,7 +507,7 @@ fn validate_upstream(raw: RawUpstream, device_id: &str) -> Result<UpstreamConfig
         return invalid("upstream.port", format!("{port} must be 1..=65535"));
     }
     let client_id = raw.client_id.unwrap_or_else(|| device_id.to_string());
-    if client_id.is_empty() || client_id.len() > 128 {
+    if client_id.is_empty() || client_id.len() > crate::limits::CLIENT_ID_BYTES_MAX {
         return invalid("upstream.client_id", "must be 1..=128 characters");
     }
     let topic_prefix = raw.topic_prefix.unwrap_or_else(|| "edgecap".into());
@@ -565,13 +565,10 @@ fn validate_upstream(raw: RawUpstream, device_id: &str) -> Result<UpstreamConfig
     })
 }
 
-/// Longest `upstream.topic_prefix`: 128 bytes (topics also carry the device id and source).
-const TOPIC_PREFIX_BYTES_MAX: usize = 128;
-
 /// A topic prefix is 1..=128 bytes of MQTT topic levels: no wildcard (`+`, `#`), no `$` (the
 /// broker's own `$SYS` space), no empty level, no control character.
 fn check_topic_prefix(prefix: &str) -> Result<(), &'static str> {
-    if prefix.is_empty() || prefix.len() > TOPIC_PREFIX_BYTES_MAX {
+    if prefix.is_empty() || prefix.len() > crate::limits::TOPIC_PREFIX_BYTES_MAX {
         return Err("must be 1..=128 bytes");
     }
     if prefix.contains(['+', '#']) {

@@ -144,7 +144,7 @@ fn start_tasks(
         },
         shutdown_rx.clone(),
     ));
-    let (ping_tx, ping_rx) = mpsc::channel(1);
+    let (ping_tx, ping_rx) = mpsc::channel(crate::limits::PING_QUEUE_MAX);
     let forwarder = config.upstream.clone().map(|upstream| {
         let forwarder = Forwarder {
             upstream,

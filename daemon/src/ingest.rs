@@ -304,14 +304,15 @@ async fn refuse(mut stream: UnixStream, max: usize) {
     let mut sink = [0u8; 4096];
     let drain = async {
         let mut total = 0usize;
-        while total < 64 * 1024 {
+        while total < crate::limits::REFUSED_DRAIN_BYTES_MAX {
             match stream.read(&mut sink).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => total += n,
             }
         }
     };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+    let drain_ms = std::time::Duration::from_millis(crate::limits::REFUSED_DRAIN_MS);
+    let _ = tokio::time::timeout(drain_ms, drain).await;
 }
 
 async fn serve_client(stream: UnixStream, ingest: Ingest, shutdown: watch::Receiver<bool>) {
@@ -390,7 +391,7 @@ fn upstream_too_large(ingest: &Ingest, event: &Event, line_bytes: usize) -> Opti
     let bytes = (ingest.upstream_bytes)(event);
     (bytes > MQTT_PACKET_BYTES_MAX).then(|| {
         format!(
-            "field `value`: its upstream JSON encoding is {bytes} bytes, over the MQTT packet limit ({MQTT_PACKET_BYTES_MAX}); nothing stored"
+            "field `value`: its upstream MQTT packet would be {bytes} bytes, over the limit ({MQTT_PACKET_BYTES_MAX}); nothing stored"
         )
     })
 }

@@ -85,6 +85,16 @@ pub const TASK_STOP_MS: u64 = 2_000;
 /// The whole shutdown (SIGTERM to exit) is bounded by 15 s, half the unit's
 /// `TimeoutStopSec=30s`; parts still running then are abandoned and the exit is non-zero.
 pub const SHUTDOWN_TIMEOUT_MS: u64 = 15_000;
+/// A client over `max_clients` gets its error line, then up to 64 KiB of what it sent is read
+/// (for at most 1 s) so that it sees the line rather than a reset.
+pub const REFUSED_DRAIN_BYTES_MAX: usize = 64 * 1024;
+pub const REFUSED_DRAIN_MS: u64 = 1_000;
+/// Pending proof-of-life pings to the forwarder: 1 (the supervisor waits for each answer).
+pub const PING_QUEUE_MAX: usize = 1;
+/// Longest `upstream.topic_prefix`: 128 bytes (topics also carry the device id and source).
+pub const TOPIC_PREFIX_BYTES_MAX: usize = 128;
+/// Longest `upstream.client_id`: 128 bytes.
+pub const CLIENT_ID_BYTES_MAX: usize = 128;
 /// After SIGTERM, a client that does not read its answers gets this long before its
 /// connection is closed: 2 s.
 pub const REPLY_GRACE_MS: u64 = 2_000;

@@ -21,8 +21,8 @@ pub struct Health {
     skipped: AtomicU64,
     /// The most recent error ever reported (sticky: what went wrong last).
     last_error: Mutex<Option<String>>,
-    /// Errors still true now, by area (`upstream`, `commands`, `storage`, `cursor`); an area
-    /// clears its own when it recovers.
+    /// Conditions still true now, by area (`upstream`, `subscribe`, `commands`, `storage`);
+    /// an area clears its own when it recovers.
     current: Mutex<Vec<(&'static str, String)>>,
     /// A fault the process cannot repair: it is stopping with a non-zero exit.
     fatal: Mutex<Option<String>>,
@@ -93,6 +93,12 @@ impl Health {
         current.retain(|(a, _)| *a != area);
         current.push((area, error.clone()));
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+    }
+
+    /// Records a one-off error (a refused command, a skipped record): it becomes `last_error`
+    /// but is no condition that `current_error` would keep showing.
+    pub fn note_error(&self, error: impl Into<String>) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.into());
     }
 
     /// `area` works again: its current error clears (`last_error` stays).

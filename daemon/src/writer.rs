@@ -174,7 +174,10 @@ fn run(
         }
         if poisoned.is_none() {
             record_drops(&log);
-            if let Err(why) = make_durable(&log, policy, &mut batch) {
+            let durable = make_durable(&log, policy, &mut batch);
+            // A failed write poisons the log too, with or without a sync after it.
+            let failed = durable.err().or_else(|| log.poisoned());
+            if let Some(why) = failed {
                 report_fatal(&fatal, why.clone());
                 poisoned = Some(why);
             }

@@ -523,6 +523,12 @@ impl Log {
             .expect("a writable log always has an active segment")
     }
 
+    /// Why the log is poisoned (a failed write or sync), if it is: every later append fails
+    /// until the log is reopened.
+    pub fn poisoned(&self) -> Option<String> {
+        lock(&self.shared.poisoned).clone()
+    }
+
     fn check_poison(&self) -> Result<()> {
         match &*lock(&self.shared.poisoned) {
             Some(message) => Err(Error::Poisoned(message.clone())),

@@ -436,6 +436,9 @@ pub fn request(socket: &Path, lines: &[String]) -> Vec<Json> {
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     let mut writer = stream.try_clone().unwrap();
+    writer
+        .set_write_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let payload: Vec<u8> = lines
         .iter()
         .flat_map(|l| l.bytes().chain(std::iter::once(b'\n')))

@@ -140,6 +140,9 @@ fn run_daemon(path: &std::path::Path) -> ExitCode {
         }
     };
     let result = runtime.block_on(crate::daemon::run(config, shutdown_signal()));
+    // A part abandoned at the shutdown bound (a writer stuck in fdatasync) must not keep the
+    // process alive: blocking threads get one second, then the process exits.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

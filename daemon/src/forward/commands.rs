@@ -63,6 +63,7 @@ pub async fn run(
             Verdict::Store(event) => match store.store(event).await {
                 Some(seq) => {
                     tracing::info!(seq, topic = ?publish.topic, "upstream command stored");
+                    store.health.clear_error("commands");
                     store.remember(&publish);
                 }
                 // Not acknowledged: the broker sends it again on the next connection.
@@ -111,7 +112,7 @@ impl CommandStore {
         let upstream = (self.upstream_bytes)(&event);
         if upstream > MQTT_PACKET_BYTES_MAX {
             return Verdict::Refuse(format!(
-                "its upstream encoding is {upstream} bytes, over the MQTT packet limit ({MQTT_PACKET_BYTES_MAX})"
+                "its upstream MQTT packet would be {upstream} bytes, over the limit ({MQTT_PACKET_BYTES_MAX})"
             ));
         }
         Verdict::Store(event)
@@ -137,10 +138,8 @@ impl CommandStore {
     /// Records a refused command as a `system` event; it is acknowledged afterwards.
     async fn refuse(&mut self, publish: &Publish, reason: String) {
         tracing::warn!(topic = ?publish.topic, bytes = publish.payload.len(), %reason, "upstream command refused");
-        self.health.set_error(
-            "commands",
-            format!("command on {:?} refused: {reason}", publish.topic),
-        );
+        self.health
+            .note_error(format!("command on {:?} refused: {reason}", publish.topic));
         let mut topic = publish.topic.clone();
         truncate(&mut topic, 256);
         let system = SystemEvent::CommandRefused {

@@ -17,7 +17,7 @@
 //!   an auth plugin) opens the breaker and is reported.
 //! - **PUBACK timeout**: a publish unacknowledged for 2 × keep-alive drops the connection; the
 //!   resend starts from the cursor.
-//! - **Poison pills**: an event whose upstream encoding is over the packet limit, or that the
+//! - **Poison pills**: an event whose upstream packet is over the packet limit, or that the
 //!   broker answered by closing the connection `POISON_STRIKES_MAX` times in a row, is set aside
 //!   with a `forward_skip` system event; a broker packet over our incoming limit (an oversized
 //!   retained command) pauses the command subscription on a clean session instead of breaking
@@ -205,7 +205,7 @@ impl Forwarder {
                     None => break,
                     Some(event) => c.on_link_event(event),
                 },
-                Some(ack) = acks.recv() => c.acks.push_back(ack),
+                Some(ack) = acks.recv(), if c.acks.len() < COMMAND_QUEUE_MAX => c.acks.push_back(ack),
                 _ = sleep_until_some(deadline) => c.on_timer(Instant::now()),
                 _ = c.fwd.durable.changed() => {}
                 Some(ping) = c.fwd.pings.recv() => {
@@ -407,6 +407,7 @@ impl Coordinator {
             return;
         }
         self.fwd.health.clear_error("subscribe");
+        self.fwd.health.clear_error("commands");
         self.subscription = Subscription::Confirmed;
         self.subscribed_this_run = true;
         tracing::info!(filter = %self.commands_filter, "subscribed to commands");
@@ -602,6 +603,10 @@ impl Coordinator {
             Ok(()) => self.subscription = Subscription::Requested,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot subscribe to commands now; retrying");
+                self.fwd.health.set_error(
+                    "subscribe",
+                    format!("cannot subscribe to {}: {e}", self.commands_filter),
+                );
                 self.subscription = Subscription::Due {
                     at: now + ms(SUBSCRIBE_RETRY_MS),
                 };
@@ -648,9 +653,7 @@ impl Coordinator {
                 None => return,
                 Some(Err(e)) => {
                     tracing::error!(error = %e, "corrupt record skipped by the forwarder");
-                    self.fwd
-                        .health
-                        .set_error("storage", format!("storage: {e}"));
+                    self.fwd.health.note_error(format!("storage: {e}"));
                     continue;
                 }
                 Some(Ok(event)) => event,
@@ -667,7 +670,7 @@ impl Coordinator {
             let bytes = publish_bytes(&topic, &payload);
             if bytes > MQTT_PACKET_BYTES_MAX {
                 let reason = format!(
-                    "its upstream encoding is {bytes} bytes, over the MQTT packet limit ({MQTT_PACKET_BYTES_MAX})"
+                    "its upstream MQTT packet would be {bytes} bytes, over the limit ({MQTT_PACKET_BYTES_MAX})"
                 );
                 self.skip(event.seq, reason);
                 continue;
@@ -691,7 +694,7 @@ impl Coordinator {
         tracing::error!(seq, %reason, "event set aside, not forwarded (it stays in the log)");
         self.fwd
             .health
-            .set_error("forward", format!("seq {seq} not forwarded: {reason}"));
+            .note_error(format!("seq {seq} not forwarded: {reason}"));
         self.fwd.health.count_skipped();
         self.window.skipped(seq, Instant::now());
         self.fwd.health.set_forwarded(self.window.cursor());
