@@ -349,41 +349,69 @@ fn read_packet(from: &mut TcpStream) -> Option<Vec<u8>> {
     Some(packet)
 }
 
-/// A loopback relay to the broker on `upstream` that swallows the first PUBACK the broker
-/// sends to the daemon (and passes everything else, PINGRESP included).
-fn relay_swallowing_one_puback(upstream: u16) -> (u16, Arc<AtomicUsize>) {
+/// What a relay does with one MQTT packet.
+#[derive(Clone, Copy, PartialEq)]
+enum Pass {
+    Forward,
+    Swallow,
+    /// Close both directions (the broker dropping the client).
+    Close,
+}
+
+/// Copies MQTT packets one way, asking `judge` about each; closes both sockets at the end.
+fn pump(mut from: TcpStream, mut to: TcpStream, judge: impl Fn(&[u8]) -> Pass) {
+    while let Some(packet) = read_packet(&mut from) {
+        match judge(&packet) {
+            Pass::Forward if to.write_all(&packet).is_ok() => {}
+            Pass::Swallow => {}
+            _ => break,
+        }
+    }
+    let _ = from.shutdown(std::net::Shutdown::Both);
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
+/// A loopback relay to the broker on `upstream`: every daemon connection gets its own broker
+/// connection; `to_daemon` and `to_broker` judge each packet of their direction.
+fn relay(
+    upstream: u16,
+    to_daemon: impl Fn(&[u8]) -> Pass + Clone + Send + 'static,
+    to_broker: impl Fn(&[u8]) -> Pass + Clone + Send + 'static,
+) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let swallowed = Arc::new(AtomicUsize::new(0));
-    let counter = swallowed.clone();
     std::thread::spawn(move || {
         for client in listener.incoming() {
             let Ok(client) = client else { return };
             let Ok(broker) = TcpStream::connect(("127.0.0.1", upstream)) else {
                 return;
             };
-            let (mut c_in, mut b_out) = (client.try_clone().unwrap(), broker.try_clone().unwrap());
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut c_in, &mut b_out);
-                let _ = b_out.shutdown(std::net::Shutdown::Both);
-            });
-            let (mut b_in, mut c_out) = (broker, client);
-            let counter = counter.clone();
-            std::thread::spawn(move || {
-                while let Some(packet) = read_packet(&mut b_in) {
-                    if packet[0] >> 4 == 4 && counter.load(Ordering::Relaxed) == 0 {
-                        counter.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    if c_out.write_all(&packet).is_err() {
-                        break;
-                    }
-                }
-                let _ = c_out.shutdown(std::net::Shutdown::Both);
-            });
+            let (c, b) = (client.try_clone().unwrap(), broker.try_clone().unwrap());
+            let (up, down) = (to_broker.clone(), to_daemon.clone());
+            std::thread::spawn(move || pump(c, b, up));
+            std::thread::spawn(move || pump(broker, client, down));
         }
     });
-    (port, swallowed)
+    port
+}
+
+/// A relay that swallows the first PUBACK the broker sends to the daemon (and passes
+/// everything else, PINGRESP included).
+fn relay_swallowing_one_puback(upstream: u16) -> (u16, Arc<AtomicUsize>) {
+    let swallowed = Arc::new(AtomicUsize::new(0));
+    let counter = swallowed.clone();
+    let to_daemon = move |packet: &[u8]| {
+        let first_puback = packet[0] >> 4 == 4 && counter.load(Ordering::Relaxed) == 0;
+        if first_puback {
+            counter.fetch_add(1, Ordering::Relaxed);
+            return Pass::Swallow;
+        }
+        Pass::Forward
+    };
+    (
+        relay(upstream, to_daemon, |_: &[u8]| Pass::Forward),
+        swallowed,
+    )
 }
 
 #[test]
@@ -750,34 +778,16 @@ fn stored_event_too_large_for_upstream_is_set_aside_and_the_rest_forwarded() {
 /// publishes a payload containing `marker` (a broker that rejects one message by dropping
 /// the client, as brokers do with a packet they refuse).
 fn relay_closing_on(upstream: u16, marker: &'static str) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for client in listener.incoming() {
-            let Ok(client) = client else { return };
-            let Ok(broker) = TcpStream::connect(("127.0.0.1", upstream)) else {
-                return;
-            };
-            let (mut b_in, mut c_out) = (broker.try_clone().unwrap(), client.try_clone().unwrap());
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut b_in, &mut c_out);
-                let _ = c_out.shutdown(std::net::Shutdown::Both);
-            });
-            let (mut c_in, mut b_out) = (client, broker);
-            std::thread::spawn(move || {
-                while let Some(packet) = read_packet(&mut c_in) {
-                    let poisoned = packet[0] >> 4 == 3
-                        && packet.windows(marker.len()).any(|w| w == marker.as_bytes());
-                    if poisoned || b_out.write_all(&packet).is_err() {
-                        break;
-                    }
-                }
-                let _ = c_in.shutdown(std::net::Shutdown::Both);
-                let _ = b_out.shutdown(std::net::Shutdown::Both);
-            });
+    let to_broker = move |packet: &[u8]| {
+        let publish = packet[0] >> 4 == 3;
+        let marked = packet.windows(marker.len()).any(|w| w == marker.as_bytes());
+        if publish && marked {
+            Pass::Close
+        } else {
+            Pass::Forward
         }
-    });
-    port
+    };
+    relay(upstream, |_: &[u8]| Pass::Forward, to_broker)
 }
 
 #[test]
