@@ -517,7 +517,9 @@ fn validate_upstream(raw: RawUpstream, device_id: &str) -> Result<UpstreamConfig
             format!("{topic_prefix:?} {reason}"),
         );
     }
-    let keep_alive_secs = raw.keep_alive_secs.unwrap_or(30);
+    let keep_alive_secs = raw
+        .keep_alive_secs
+        .unwrap_or(crate::limits::KEEP_ALIVE_SECS_DEFAULT);
     if !(1..=65535).contains(&keep_alive_secs) {
         return invalid("upstream.keep_alive_secs", "must be 1..=65535");
     }

@@ -104,7 +104,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Ok(why) if matches!(reason, StopReason::Requested) => StopReason::Fatal(why),
         _ => reason,
     };
-    finish(&config, &log, reason, all_stopped && writer_done).await
+    let finished = finish(&config, &log, reason, all_stopped && writer_done);
+    match tokio::time::timeout_at(deadline, finished).await {
+        Ok(result) => result,
+        Err(_) => anyhow::bail!(
+            "shutdown did not finish within {SHUTDOWN_TIMEOUT_MS} ms (the final sync)"
+        ),
+    }
 }
 
 /// Starts every task of a running daemon.

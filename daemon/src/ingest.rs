@@ -26,7 +26,8 @@ use crate::clock;
 use crate::config::IngestConfig;
 use crate::json::to_value;
 use crate::limits::{
-    CLIENT_PIPELINE_MAX, MQTT_PACKET_BYTES_MAX, REPLY_GRACE_MS, UPSTREAM_CHECK_LINE_BYTES,
+    CLIENT_PIPELINE_MAX, LINE_BUFFER_BYTES_MAX, LINE_BUFFER_BYTES_MIN, MQTT_PACKET_BYTES_MAX,
+    REPLY_GRACE_MS, UPSTREAM_CHECK_LINE_BYTES,
 };
 use crate::project::State;
 use crate::status::Health;
@@ -350,7 +351,10 @@ async fn read_requests(
     mut shutdown: watch::Receiver<bool>,
 ) -> Option<Follow> {
     let max = ingest.config.max_event_bytes;
-    let mut reader = BufReader::with_capacity(max.clamp(1024, 8192), read);
+    let mut reader = BufReader::with_capacity(
+        max.clamp(LINE_BUFFER_BYTES_MIN, LINE_BUFFER_BYTES_MAX),
+        read,
+    );
     let mut line = Vec::with_capacity(max);
     loop {
         let read = tokio::select! {

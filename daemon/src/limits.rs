@@ -62,9 +62,18 @@ pub const COMMAND_PACKET_BYTES_MAX: usize = 1 << 20;
 /// `COMMAND_PACKET_BYTES_MAX`: 5 min. Bounds the damage of an oversized retained command to
 /// one reconnect per pause, while events keep flowing.
 pub const COMMAND_PAUSE_MS: u64 = 5 * 60 * 1000;
-/// Upstream commands received and not yet stored: 64. When full, the poll task waits
-/// (back-pressure on the broker), it never drops a command.
-pub const COMMAND_QUEUE_MAX: usize = 64;
+/// Upstream commands received and not yet stored: 256, and at most 4 MiB of payload. The
+/// poll task never waits on this queue (it must keep polling to send PUBACKs); when it is full
+/// it ends the connection and the broker redelivers from the persistent session. With
+/// mosquitto's default `max_inflight_messages 20` it never fills.
+pub const COMMAND_QUEUE_MAX: usize = 256;
+pub const COMMAND_QUEUE_BYTES_MAX: usize = 4 << 20;
+/// A command that cannot be stored (a full budget under `reject`) is retried after 100 ms,
+/// doubling up to 30 s, and acknowledged only once stored.
+pub const COMMAND_RETRY_MS_MIN: u64 = 100;
+pub const COMMAND_RETRY_MS_MAX: u64 = 30_000;
+/// Bytes of a refused command's topic kept in its `command_refused` event: 256.
+pub const COMMAND_TOPIC_KEPT_BYTES: usize = 256;
 /// Command topics whose last stored payload is remembered (retained-command dedup): 256.
 pub const RETAINED_TOPICS_MAX: usize = 256;
 /// A connection counts as healthy (backoff and breaker reset) once it has lived one
@@ -82,6 +91,8 @@ pub const SUBSCRIBE_RETRY_MS: u64 = 30_000;
 pub const SYSTEM_QUEUE_MAX: usize = 64;
 /// How long a helper task gets to finish at shutdown before it is aborted: 2 s.
 pub const TASK_STOP_MS: u64 = 2_000;
+/// At shutdown the poll task gets 500 ms to write the DISCONNECT packet.
+pub const DISCONNECT_MS: u64 = 500;
 /// The whole shutdown (SIGTERM to exit) is bounded by 15 s, half the unit's
 /// `TimeoutStopSec=30s`; parts still running then are abandoned and the exit is non-zero.
 pub const SHUTDOWN_TIMEOUT_MS: u64 = 15_000;
@@ -128,6 +139,18 @@ pub const PROJECT_BATCH_EVENTS: usize = 1024;
 pub const RECOVERY_LIST_MAX: usize = 32;
 /// Longest problem sentence kept in a `recovery` event: 240 bytes.
 pub const PROBLEM_CHARS_MAX: usize = 240;
+/// Shortest watchdog ping period (half of `WatchdogSec`), whatever systemd asks: 10 ms.
+pub const WATCHDOG_PERIOD_MS_MIN: u64 = 10;
+/// Async worker threads of `edgecap run`: 2 (a Pi Zero has one core, a Pi 4 four; the writer,
+/// syncer and blocking reads have threads of their own).
+pub const RUNTIME_WORKERS: usize = 2;
+/// At exit, the runtime's blocking threads get 1 s (a writer stuck in fdatasync is abandoned).
+pub const RUNTIME_STOP_MS: u64 = 1_000;
+/// Default `upstream.keep_alive_secs`: 30 s (detection of a dead link within 2 × that).
+pub const KEEP_ALIVE_SECS_DEFAULT: u64 = 30;
+/// The ingest line reader's buffer: `max_event_bytes` clamped to 1..=8 KiB.
+pub const LINE_BUFFER_BYTES_MIN: usize = 1024;
+pub const LINE_BUFFER_BYTES_MAX: usize = 8192;
 /// STATUS= refresh period when no watchdog is configured: 5 s.
 pub const STATUS_INTERVAL_MS: u64 = 5_000;
 

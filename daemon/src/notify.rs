@@ -44,7 +44,8 @@ pub async fn supervise(
 ) {
     let watchdog = sd_notify::watchdog_enabled();
     // Ping at half the watchdog period (sd_watchdog_enabled(3)); a part must answer within it.
-    let period = watchdog.map_or(STATUS_INTERVAL, |d| (d / 2).max(Duration::from_millis(10)));
+    let floor = Duration::from_millis(crate::limits::WATCHDOG_PERIOD_MS_MIN);
+    let period = watchdog.map_or(STATUS_INTERVAL, |d| (d / 2).max(floor));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -52,19 +53,27 @@ pub async fn supervise(
             _ = crate::wait_true(&mut shutdown) => return,
             _ = tick.tick() => {}
         }
-        // Each part must answer within the period; a full queue counts as no answer.
-        let writer_alive = tokio::time::timeout(period, async { writer.ping().await.await })
-            .await
-            .is_ok_and(|answer| answer.is_ok());
-        let forwarder_alive = match &forwarder {
-            None => true,
-            Some(tx) => {
-                let (reply, rx) = oneshot::channel();
-                tx.try_send(reply).is_ok()
-                    && tokio::time::timeout(period, rx)
-                        .await
-                        .is_ok_and(|answer| answer.is_ok())
-            }
+        // Each part must answer within the period; a full queue counts as no answer. A stop
+        // never waits for an answer.
+        let answers = async {
+            let writer_alive = tokio::time::timeout(period, async { writer.ping().await.await })
+                .await
+                .is_ok_and(|answer| answer.is_ok());
+            let forwarder_alive = match &forwarder {
+                None => true,
+                Some(tx) => {
+                    let (reply, rx) = oneshot::channel();
+                    tx.try_send(reply).is_ok()
+                        && tokio::time::timeout(period, rx)
+                            .await
+                            .is_ok_and(|answer| answer.is_ok())
+                }
+            };
+            (writer_alive, forwarder_alive)
+        };
+        let (writer_alive, forwarder_alive) = tokio::select! {
+            _ = crate::wait_true(&mut shutdown) => return,
+            answers = answers => answers,
         };
         let stats = log.stats();
         // A daemon that cannot store is not alive, whatever its tasks answer.

@@ -18,7 +18,8 @@ pub enum SystemEvent {
     },
     /// A clean stop: the last event of a run that ended on SIGTERM/SIGINT.
     Stop,
-    /// What recovery found; built by `daemon::recovery_fields` (bounded lists).
+    /// What recovery found: the fields built by `start::recovery_event` (bounded lists; the
+    /// report's many counts stay name-value pairs).
     Recovery(Vec<(String, Value)>),
     /// `on_full = "drop_oldest"` deleted unforwarded events `from..=to`.
     Drop { from: u64, to: u64, reason: String },

@@ -30,6 +30,30 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Runs `command` to completion with its output captured; kills it and panics if it has
+/// not finished within `timeout`.
+pub fn output_within(command: &mut Command, timeout: Duration) -> std::process::Output {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let output = child.wait_with_output();
+        let _ = done_tx.send(());
+        output
+    });
+    if done_rx.recv_timeout(timeout).is_err() {
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let _ = waiter.join();
+        panic!("{command:?} did not finish within {timeout:?}");
+    }
+    waiter.join().unwrap().unwrap()
+}
+
 /// Polls `condition` until it holds or `timeout` passes; panics with `what` on timeout.
 pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -127,7 +151,15 @@ impl Broker {
         if let Some(mut child) = self.child.take() {
             // SAFETY: kill(2) on our own child's pid.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            child.wait().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while child.try_wait().unwrap().is_none() {
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("mosquitto did not stop within 20 s of SIGTERM");
+                }
+                std::thread::park_timeout(Duration::from_millis(10));
+            }
         }
     }
 }
@@ -402,11 +434,10 @@ impl Daemon {
 
     /// `edgecap log dump` of the data directory, parsed.
     pub fn dump(&self) -> Vec<Json> {
-        let out = edgecap()
-            .args(["log", "dump", "--dir"])
-            .arg(&self.dir)
-            .output()
-            .unwrap();
+        let out = output_within(
+            edgecap().args(["log", "dump", "--dir"]).arg(&self.dir),
+            Duration::from_secs(60),
+        );
         assert!(
             out.status.success(),
             "dump failed: {}",

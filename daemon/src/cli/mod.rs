@@ -128,7 +128,7 @@ fn run_daemon(path: &std::path::Path) -> ExitCode {
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(crate::limits::RUNTIME_WORKERS)
         .enable_all()
         .thread_name("edgecap-rt")
         .build()
@@ -142,7 +142,9 @@ fn run_daemon(path: &std::path::Path) -> ExitCode {
     let result = runtime.block_on(crate::daemon::run(config, shutdown_signal()));
     // A part abandoned at the shutdown bound (a writer stuck in fdatasync) must not keep the
     // process alive: blocking threads get one second, then the process exits.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    runtime.shutdown_timeout(std::time::Duration::from_millis(
+        crate::limits::RUNTIME_STOP_MS,
+    ));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -12,7 +12,9 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use edgecap_storage::{Event, Kind};
 use rumqttc::Publish;
@@ -21,7 +23,10 @@ use tokio::sync::{mpsc, watch};
 use super::link::Generation;
 use crate::ingest::valid_source;
 use crate::json::to_value;
-use crate::limits::{MQTT_PACKET_BYTES_MAX, RETAINED_TOPICS_MAX};
+use crate::limits::{
+    COMMAND_RETRY_MS_MAX, COMMAND_RETRY_MS_MIN, COMMAND_TOPIC_KEPT_BYTES, MQTT_PACKET_BYTES_MAX,
+    RETAINED_TOPICS_MAX,
+};
 use crate::status::Health;
 use crate::system::SystemEvent;
 use crate::writer::WriterHandle;
@@ -52,23 +57,22 @@ enum Verdict {
 pub async fn run(
     mut store: CommandStore,
     mut commands: mpsc::Receiver<(Generation, Publish)>,
+    queued_bytes: Arc<AtomicUsize>,
     acks: mpsc::Sender<(Generation, Publish)>,
 ) {
     while let Some((generation, publish)) = commands.recv().await {
+        queued_bytes.fetch_sub(publish.payload.len(), Ordering::Relaxed);
         match store.verdict(&publish) {
             Verdict::AlreadyStored => {
                 tracing::debug!(topic = ?publish.topic, "retained command already stored");
             }
             Verdict::Refuse(reason) => store.refuse(&publish, reason).await,
-            Verdict::Store(event) => match store.store(event).await {
-                Some(seq) => {
-                    tracing::info!(seq, topic = ?publish.topic, "upstream command stored");
-                    store.health.clear_error("commands");
-                    store.remember(&publish);
-                }
-                // Not acknowledged: the broker sends it again on the next connection.
-                None => continue,
-            },
+            Verdict::Store(event) => {
+                let seq = store.store_until_stored(event).await;
+                tracing::info!(seq, topic = ?publish.topic, "upstream command stored");
+                store.health.clear_error("commands");
+                store.remember(&publish).await;
+            }
         }
         if acks.send((generation, publish)).await.is_err() {
             return;
@@ -126,12 +130,27 @@ impl CommandStore {
                 Some(seq)
             }
             Ok(Err(message)) => {
-                tracing::error!(error = %message, "cannot store upstream command");
+                tracing::error!(error = %message, "cannot store upstream command; retrying");
                 self.health
                     .set_error("commands", format!("command: {message}"));
                 None
             }
             Err(_) => None,
+        }
+    }
+
+    /// Stores `event`, retrying with a bounded backoff (a full budget under `reject` that
+    /// frees up, say) rather than leaving the command unacknowledged on a live connection,
+    /// where MQTT 3.1.1 would never redeliver it. A fatal storage fault stops the daemon,
+    /// which ends this task.
+    async fn store_until_stored(&mut self, event: Event) -> u64 {
+        let mut pause = Duration::from_millis(COMMAND_RETRY_MS_MIN);
+        loop {
+            if let Some(seq) = self.store(event.clone()).await {
+                return seq;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(COMMAND_RETRY_MS_MAX));
         }
     }
 
@@ -141,7 +160,7 @@ impl CommandStore {
         self.health
             .note_error(format!("command on {:?} refused: {reason}", publish.topic));
         let mut topic = publish.topic.clone();
-        truncate(&mut topic, 256);
+        truncate(&mut topic, COMMAND_TOPIC_KEPT_BYTES);
         let system = SystemEvent::CommandRefused {
             topic,
             bytes: publish.payload.len() as u64,
@@ -150,9 +169,12 @@ impl CommandStore {
         let _ = self.store(system.into_event()).await;
     }
 
-    fn remember(&mut self, publish: &Publish) {
+    /// Remembers a stored command and saves the memory (off the async workers: it fsyncs).
+    async fn remember(&mut self, publish: &Publish) {
         self.remembered.stored(&publish.topic, &publish.payload);
-        if let Err(e) = self.remembered.save() {
+        let snapshot = self.remembered.clone();
+        let saved = tokio::task::spawn_blocking(move || snapshot.save()).await;
+        if let Ok(Err(e)) = saved {
             tracing::warn!(error = %e, "cannot save the retained-command memory");
         }
     }
@@ -168,7 +190,7 @@ fn truncate(text: &mut String, max: usize) {
 
 /// The last command stored from each command topic (its payload's CRC32 and length), for the
 /// newest `RETAINED_TOPICS_MAX` topics.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Remembered {
     path: Option<PathBuf>,
     /// (topic, crc32, len), oldest first.

@@ -1,13 +1,16 @@
 //! The poll task: owns rumqttc's `EventLoop` and only polls it. It hands every event to the
 //! coordinator, tagged with the connection it arrived on, and every upstream command straight
-//! to the command task, waiting (back-pressure) when that queue is full: a command is never
-//! dropped and never left unacknowledged for want of room. After a connection ends (an error,
+//! to the command task. It never waits on that queue: when it is full (count or bytes) the
+//! connection is ended instead, and the broker, holding the unacknowledged commands in the
+//! persistent session, delivers them again on the next one. A command is never dropped. After a connection ends (an error,
 //! or the coordinator's order to drop it) it waits for the coordinator's go-ahead, throws away
 //! rumqttc's own pending queue and state (the forward cursor, not rumqttc's memory, is the
 //! truth) and connects with the session the coordinator asks for.
 
 use rumqttc::{ConnectionError, Event as MqttEvent, EventLoop, MqttState, Packet, Publish};
 use tokio::sync::mpsc;
+
+use crate::limits::{COMMAND_QUEUE_BYTES_MAX, COMMAND_QUEUE_MAX};
 
 /// Connection number: 1 for the first CONNACK, +1 for each later one.
 pub type Generation = u64;
@@ -79,29 +82,66 @@ pub enum Order {
     Drop(String),
 }
 
+/// The poll task's side of the command queue: a bounded channel plus a byte count, so that
+/// handing a command over never waits (waiting would stop the polling that sends the very
+/// PUBACKs the queue is waiting for).
+pub struct CommandSink {
+    pub tx: mpsc::Sender<(Generation, Publish)>,
+    /// Payload bytes queued and not yet taken by the command task.
+    pub queued_bytes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CommandSink {
+    /// Queues a command; `Err` when the queue is full (count or bytes).
+    fn offer(&self, generation: Generation, publish: Publish) -> Result<(), LinkError> {
+        use std::sync::atomic::Ordering;
+        let bytes = publish.payload.len();
+        let queued = self.queued_bytes.load(Ordering::Relaxed);
+        let full = || {
+            LinkError::Dropped(format!(
+                "the broker sent more unacknowledged commands than the queue holds ({COMMAND_QUEUE_MAX} commands, {COMMAND_QUEUE_BYTES_MAX} bytes); it redelivers them on the next connection"
+            ))
+        };
+        if queued + bytes > COMMAND_QUEUE_BYTES_MAX && queued > 0 {
+            return Err(full());
+        }
+        self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.tx.try_send((generation, publish)).map_err(|_| {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            full()
+        })
+    }
+}
+
 /// Polls the event loop until the coordinator goes away; see the module docs.
 pub async fn poll_task(
     mut eventloop: EventLoop,
     events: mpsc::Sender<LinkEvent>,
-    commands: mpsc::Sender<(Generation, Publish)>,
+    commands: CommandSink,
     mut orders: mpsc::Receiver<Order>,
 ) {
     let mut generation: Generation = 0;
     loop {
         let polled = tokio::select! {
             polled = eventloop.poll() => polled.map_err(|e| classify(&e)),
+            // Cancelling `poll` is safe for both orders: the connection and rumqttc's state are
+            // thrown away below. (`Resume` never comes while connected.)
             order = orders.recv() => match order {
                 None => return,
-                // Cancelling `poll` is safe here: the connection and rumqttc's state are
-                // thrown away below.
                 Some(Order::Drop(why)) => Err(LinkError::Dropped(why)),
-                Some(Order::Resume { .. }) => continue,
+                Some(Order::Resume { .. }) => Err(LinkError::Dropped("unexpected resume".into())),
             },
         };
-        let sent = match polled {
+        let polled = match polled {
             Ok(MqttEvent::Incoming(Packet::Publish(publish))) => {
-                commands.send((generation, publish)).await.is_ok()
+                match commands.offer(generation, publish) {
+                    Ok(()) => continue,
+                    Err(full) => Err(full),
+                }
             }
+            other => other,
+        };
+        let sent = match polled {
             Ok(event) => {
                 if matches!(event, MqttEvent::Incoming(Packet::ConnAck(_))) {
                     generation += 1;
@@ -112,6 +152,8 @@ pub async fn poll_task(
                     .is_ok()
             }
             Err(error) => {
+                // Close the socket now, not when the coordinator asks to reconnect.
+                eventloop.clean();
                 if events.send(LinkEvent::Down(error)).await.is_err() {
                     return;
                 }

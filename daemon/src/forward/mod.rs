@@ -29,6 +29,7 @@ mod window;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -122,7 +123,16 @@ enum Link {
         acked: bool,
         /// The coordinator ordered this connection dropped.
         dropping: bool,
+        /// The suspect event was sent alone on this (healthy) connection.
+        trial: bool,
     },
+}
+
+/// An event that may be a poison pill, and the failed trials so far.
+#[derive(Debug, Clone, Copy)]
+struct Suspect {
+    seq: u64,
+    strikes: u32,
 }
 
 /// The command subscription.
@@ -132,7 +142,10 @@ enum Subscription {
     Due {
         at: Instant,
     },
-    Requested,
+    /// SUBSCRIBE sent; without a SUBACK by `retry_at` it is sent again.
+    Requested {
+        retry_at: Instant,
+    },
     Confirmed,
 }
 
@@ -158,9 +171,9 @@ struct Coordinator {
     clean_next: bool,
     /// Command PUBACKs waiting for room in rumqttc's queue, with their connection.
     acks: VecDeque<(Generation, Publish)>,
-    /// The seq at the front of the window when the broker last closed the connection on us,
-    /// and how many times in a row.
-    strikes: Option<(u64, u32)>,
+    /// An event the broker may be refusing by closing the connection: sent alone, on healthy
+    /// connections only, until acknowledged or `POISON_STRIKES_MAX` trials fail.
+    suspect: Option<Suspect>,
     poisoned: Option<u64>,
     early_drops: u32,
     puback_timeout: Duration,
@@ -179,15 +192,15 @@ impl Forwarder {
         let (events_tx, mut events) = mpsc::channel(LINK_EVENTS_MAX);
         let (orders_tx, orders_rx) = mpsc::channel(LINK_ORDERS_MAX);
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE_MAX);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         let (acks_tx, mut acks) = mpsc::channel(COMMAND_QUEUE_MAX);
-        let poller = tokio::spawn(link::poll_task(
-            eventloop,
-            events_tx,
-            commands_tx,
-            orders_rx,
-        ));
+        let sink = link::CommandSink {
+            tx: commands_tx,
+            queued_bytes: queued_bytes.clone(),
+        };
+        let poller = tokio::spawn(link::poll_task(eventloop, events_tx, sink, orders_rx));
         let store = self.command_store();
-        let command_task = tokio::spawn(commands::run(store, commands_rx, acks_tx));
+        let command_task = tokio::spawn(commands::run(store, commands_rx, queued_bytes, acks_tx));
         let (system_tx, system_rx) = mpsc::channel(SYSTEM_QUEUE_MAX);
         let recorder = tokio::spawn(record_system(self.writer.clone(), system_rx));
         let mut c = Coordinator::new(self, client, orders_tx, system_tx);
@@ -202,24 +215,26 @@ impl Forwarder {
             tokio::select! {
                 _ = crate::wait_true(&mut shutdown) => break,
                 event = events.recv() => match event {
-                    None => break,
                     Some(event) => c.on_link_event(event),
+                    None => {
+                        c.fatal("the MQTT poll task ended".into());
+                        break;
+                    }
                 },
                 Some(ack) = acks.recv(), if c.acks.len() < COMMAND_QUEUE_MAX => c.acks.push_back(ack),
                 _ = sleep_until_some(deadline) => c.on_timer(Instant::now()),
-                _ = c.fwd.durable.changed() => {}
+                changed = c.fwd.durable.changed() => if changed.is_err() { break },
                 Some(ping) = c.fwd.pings.recv() => {
                     fault.maybe_block_async().await;
                     let _ = ping.send(());
                 }
-                _ = persist_tick.tick() => c.persist(),
+                _ = persist_tick.tick() => c.persist().await,
             }
         }
-        c.persist();
-        let _ = c.client.try_disconnect();
+        c.persist().await;
         let cursor = c.window.cursor();
+        c.disconnect(poller, &mut events).await;
         drop(c);
-        poller.abort();
         let bound = Duration::from_millis(crate::limits::TASK_STOP_MS);
         for task in [command_task, recorder] {
             let abort = task.abort_handle();
@@ -289,12 +304,12 @@ impl Coordinator {
             generation: 0,
             backoff: Backoff::new(&fwd.retry),
             breaker: Breaker::new(&fwd.breaker),
-            subscription: Subscription::Requested,
+            subscription: Subscription::Confirmed,
             subscribed_this_run: false,
             commands_paused_until: None,
             clean_next: false,
             acks: VecDeque::new(),
-            strikes: None,
+            suspect: None,
             poisoned: None,
             early_drops: 0,
             puback_timeout: 2 * keep_alive,
@@ -321,7 +336,8 @@ impl Coordinator {
                     .map(|(_, at)| at + self.puback_timeout);
                 let subscribe_at = match self.subscription {
                     Subscription::Due { at } => Some(at),
-                    _ => None,
+                    Subscription::Requested { retry_at } => Some(retry_at),
+                    Subscription::Confirmed => None,
                 };
                 [healthy_at, puback_at, subscribe_at]
                     .into_iter()
@@ -360,6 +376,7 @@ impl Coordinator {
             healthy: false,
             acked: false,
             dropping: false,
+            trial: false,
         };
         self.clean_next = false;
         self.fwd.health.set_connected(true);
@@ -385,9 +402,12 @@ impl Coordinator {
         if let Link::Up { acked, .. } = &mut self.link {
             *acked = true;
         }
-        self.strikes = None;
         if self.window.puback(pkid) {
             self.fwd.health.set_forwarded(self.window.cursor());
+        }
+        if self.suspect.is_some_and(|s| self.window.cursor() >= s.seq) {
+            tracing::info!("the suspect event was acknowledged: not a poison pill");
+            self.suspect = None;
         }
     }
 
@@ -425,12 +445,13 @@ impl Coordinator {
             since,
             healthy,
             acked,
+            trial,
             ..
         } = was
         {
             tracing::warn!(%error, lived_ms = (now - since).as_millis() as u64, "connection to broker lost");
             self.note_early_drop(&error, healthy);
-            self.note_strike(&error, acked, now - since);
+            self.note_strike(&error, acked, trial, now);
         } else {
             tracing::warn!(%error, failures = self.breaker.failures() + 1, "connection attempt failed");
         }
@@ -472,31 +493,45 @@ impl Coordinator {
         }
     }
 
-    /// Counts a connection the broker closed before acknowledging the oldest publish; after
-    /// `POISON_STRIKES_MAX` in a row for the same seq, that seq is set aside.
-    fn note_strike(&mut self, error: &LinkError, acked: bool, lived: Duration) {
-        let Some((seq, _)) = self.window.oldest_unacked() else {
-            self.strikes = None;
+    /// A connection the broker closed soon after we wrote the oldest unacknowledged publish,
+    /// with no PUBACK on it, makes that event a suspect. A suspect is then sent alone, and only
+    /// on a connection that has proved healthy, so that a duplicate client id, an auth plugin
+    /// or a broker restart cannot look like a poison pill; each such trial the broker answers
+    /// by closing is a strike, and after `POISON_STRIKES_MAX` strikes the event is set aside.
+    fn note_strike(&mut self, error: &LinkError, acked: bool, trial: bool, now: Instant) {
+        let Some((seq, written)) = self.window.oldest_written() else {
             return;
         };
-        if acked || !matches!(error, LinkError::Closed(_)) || lived > self.healthy_after {
-            self.strikes = None;
+        let quick = now.saturating_duration_since(written) <= self.healthy_after;
+        if acked || !quick || !matches!(error, LinkError::Closed(_)) {
             return;
         }
-        let count = match self.strikes {
-            Some((s, n)) if s == seq => n + 1,
+        let strikes = match self.suspect {
+            Some(s) if s.seq == seq && trial => s.strikes + 1,
+            Some(s) if s.seq == seq => s.strikes,
             _ => 1,
         };
-        self.strikes = Some((seq, count));
-        if count >= POISON_STRIKES_MAX {
-            tracing::error!(
-                seq,
-                strikes = count,
-                "the broker closed the connection each time this event was sent: setting it aside"
-            );
+        tracing::warn!(seq, strikes, "the broker closed the connection right after this event: sending it alone on the next healthy connection");
+        self.suspect = Some(Suspect { seq, strikes });
+        if strikes >= POISON_STRIKES_MAX {
+            tracing::error!(seq, strikes, "the broker closed the connection each time this event was sent alone: setting it aside");
             self.poisoned = Some(seq);
-            self.strikes = None;
+            self.suspect = None;
         }
+    }
+
+    /// Whether `fill` must wait before reading the suspect: it goes out alone, on a healthy
+    /// connection, with nothing else in flight.
+    fn suspect_must_wait(&self) -> bool {
+        let Some(suspect) = self.suspect else {
+            return false;
+        };
+        let in_flight = self.window.in_flight() > 0;
+        if self.reader.next_seq() > suspect.seq {
+            return in_flight; // the suspect is out: nothing else until it is acknowledged
+        }
+        let healthy = matches!(self.link, Link::Up { healthy: true, .. });
+        !healthy || in_flight
     }
 
     fn pause_commands(&mut self, bytes: usize, now: Instant) {
@@ -535,7 +570,12 @@ impl Coordinator {
                 if !dropping {
                     self.check_puback_timeout(now);
                 }
-                if matches!(self.subscription, Subscription::Due { at } if at <= now) {
+                let due = match self.subscription {
+                    Subscription::Due { at } => at <= now,
+                    Subscription::Requested { retry_at } => retry_at <= now,
+                    Subscription::Confirmed => false,
+                };
+                if due {
                     self.subscribe(now);
                 }
             }
@@ -600,7 +640,11 @@ impl Coordinator {
             .client
             .try_subscribe(self.commands_filter.clone(), QoS::AtLeastOnce)
         {
-            Ok(()) => self.subscription = Subscription::Requested,
+            Ok(()) => {
+                self.subscription = Subscription::Requested {
+                    retry_at: now + ms(SUBSCRIBE_RETRY_MS),
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot subscribe to commands now; retrying");
                 self.fwd.health.set_error(
@@ -646,7 +690,7 @@ impl Coordinator {
             return;
         }
         for _ in 0..FORWARD_READ_BATCH {
-            if self.window.in_flight() >= self.window_max {
+            if self.window.in_flight() >= self.window_max || self.suspect_must_wait() {
                 return;
             }
             let event = match self.reader.next() {
@@ -686,6 +730,18 @@ impl Coordinator {
             }
             self.window.published(event.seq, Instant::now());
             self.fwd.health.count_published();
+            if let Some(suspect) = self.suspect {
+                if event.seq >= suspect.seq {
+                    if let Link::Up { trial, .. } = &mut self.link {
+                        *trial = event.seq == suspect.seq;
+                    }
+                    if event.seq > suspect.seq {
+                        self.suspect = None; // gone from the log (retention)
+                    } else {
+                        return; // alone
+                    }
+                }
+            }
         }
     }
 
@@ -707,20 +763,48 @@ impl Coordinator {
         }
     }
 
-    /// Writes the cursor if it moved. A cursor that cannot be written ends the process.
-    fn persist(&mut self) {
+    /// Writes the cursor if it moved (off the async workers: it fsyncs). A cursor that cannot
+    /// be written ends the process.
+    async fn persist(&mut self) {
         let Some(cursor) = self.window.to_persist() else {
             return;
         };
-        match self.fwd.log.set_cursor(FORWARD_CURSOR, cursor) {
-            Ok(()) => self.window.persisted(cursor),
-            Err(e) => {
-                let message = format!("cannot persist the forward cursor: {e}");
-                tracing::error!("{message}");
-                self.fwd.health.set_fatal(message.clone());
-                let _ = self.fwd.fatal.try_send(message);
-            }
+        let log = self.fwd.log.clone();
+        let written =
+            tokio::task::spawn_blocking(move || log.set_cursor(FORWARD_CURSOR, cursor)).await;
+        match written {
+            Ok(Ok(())) => self.window.persisted(cursor),
+            Ok(Err(e)) => self.fatal(format!("cannot persist the forward cursor: {e}")),
+            Err(e) => self.fatal(format!("cannot persist the forward cursor: {e}")),
         }
+    }
+
+    /// Reports a fault the process cannot repair: the daemon stops with exit 1.
+    fn fatal(&self, message: String) {
+        tracing::error!("{message}");
+        self.fwd.health.set_fatal(message.clone());
+        let _ = self.fwd.fatal.try_send(message);
+    }
+
+    /// Sends DISCONNECT and gives the poll task `DISCONNECT_MS` to write it, then stops it.
+    async fn disconnect(
+        &self,
+        poller: tokio::task::JoinHandle<()>,
+        events: &mut mpsc::Receiver<LinkEvent>,
+    ) {
+        let up = matches!(self.link, Link::Up { .. });
+        if up && self.client.try_disconnect().is_ok() {
+            let written = async {
+                while let Some(event) = events.recv().await {
+                    if let LinkEvent::Mqtt(_, MqttEvent::Outgoing(Outgoing::Disconnect)) = event {
+                        return;
+                    }
+                }
+            };
+            let bound = Duration::from_millis(crate::limits::DISCONNECT_MS);
+            let _ = tokio::time::timeout(bound, written).await;
+        }
+        poller.abort();
     }
 }
 

@@ -12,6 +12,8 @@ struct Sent {
     seq: u64,
     acked: bool,
     at: Instant,
+    /// When rumqttc wrote it to the socket (its pkid became known).
+    written: Option<Instant>,
 }
 
 /// What is in flight on the current connection.
@@ -69,6 +71,12 @@ impl Window {
         self.sent.front().map(|s| (s.seq, s.at))
     }
 
+    /// The oldest unacknowledged publish if rumqttc has written it, and when.
+    pub fn oldest_written(&self) -> Option<(u64, Instant)> {
+        let front = self.sent.front()?;
+        Some((front.seq, front.written?))
+    }
+
     /// `seq` was handed to rumqttc.
     pub fn published(&mut self, seq: u64, at: Instant) {
         self.push(seq, false, at);
@@ -87,7 +95,12 @@ impl Window {
             "seq {seq} sent out of order (next is {})",
             self.next_seq()
         );
-        self.sent.push_back(Sent { seq, acked, at });
+        self.sent.push_back(Sent {
+            seq,
+            acked,
+            at,
+            written: None,
+        });
     }
 
     /// rumqttc wrote a PUBLISH with `pkid` (`Outgoing::Publish`, in publish order).
@@ -102,6 +115,9 @@ impl Window {
         if let Some(seq) = seq {
             let previous = self.inflight.insert(pkid, seq);
             debug_assert!(previous.is_none(), "pkid {pkid} reused while in flight");
+            if let Some(entry) = self.sent.iter_mut().find(|s| s.seq == seq) {
+                entry.written = Some(Instant::now());
+            }
         }
     }
 
