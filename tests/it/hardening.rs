@@ -283,29 +283,6 @@ fn event_whose_upstream_encoding_exceeds_the_packet_limit_is_refused_at_ingest()
 }
 
 /// A fake broker: answers every CONNECT with a CONNACK, then closes. Counts connections.
-/// Sets its flag when dropped (also when a test panics): the helper thread polling it ends.
-struct StopOnDrop(Arc<AtomicBool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Accepts on a non-blocking `listener` until `stop` is set, handing each connection over.
-fn accept_until(listener: TcpListener, stop: Arc<AtomicBool>, mut each: impl FnMut(TcpStream)) {
-    listener.set_nonblocking(true).unwrap();
-    while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                stream.set_nonblocking(false).unwrap();
-                each(stream);
-            }
-            Err(_) => std::thread::park_timeout(Duration::from_millis(10)),
-        }
-    }
-}
-
 fn accept_then_drop_broker() -> (u16, Arc<AtomicUsize>, StopOnDrop) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();

@@ -10,3 +10,4 @@ mod history;
 mod ingest;
 mod notify;
 mod tls;
+mod torture;

@@ -71,6 +71,33 @@ pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> 
     }
 }
 
+/// Sets its flag when dropped (also when a test panics): the helper thread polling it ends.
+pub struct StopOnDrop(pub Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Accepts on a non-blocking `listener` until `stop` is set, handing each connection over.
+pub fn accept_until(
+    listener: std::net::TcpListener,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    mut each: impl FnMut(std::net::TcpStream),
+) {
+    listener.set_nonblocking(true).unwrap();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false).unwrap();
+                each(stream);
+            }
+            Err(_) => std::thread::park_timeout(Duration::from_millis(10)),
+        }
+    }
+}
+
 /// A mosquitto broker process on a free loopback port, with persistence so that a durable
 /// subscriber session survives a broker restart.
 pub struct Broker {
@@ -143,6 +170,14 @@ impl Broker {
             wait_until("mosquitto to listen", Duration::from_secs(10), || {
                 std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
             });
+        }
+    }
+
+    /// SIGKILL (a crash: nothing saved since the last autosave) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 

@@ -239,7 +239,7 @@ fn log_matches_model() {
         match run(seed) {
             Ok(reached) => reached_retention += u64::from(reached),
             Err(message) => panic!(
-                "model run failed: {message}\n  rerun: EDGECAP_SEED={seed} EDGECAP_MODEL_RUNS=1 cargo test -p edgecap-storage --test model"
+                "model run failed: {message}\n  rerun: EDGECAP_SEED={seed} EDGECAP_MODEL_RUNS=1 cargo test -p edgecap-storage --test it model::"
             ),
         }
     }

@@ -160,7 +160,7 @@ fn power_cuts_never_lose_synced_records() {
                 total.dir_ops_lost += c.dir_ops_lost;
             }
             Err(message) => panic!(
-                "power-cut schedule failed: {message}\n  rerun: EDGECAP_SEED={seed} EDGECAP_POWER_CUTS=1 cargo test -p edgecap-storage --test power_cut"
+                "power-cut schedule failed: {message}\n  rerun: EDGECAP_SEED={seed} EDGECAP_POWER_CUTS=1 cargo test -p edgecap-storage --test it power_cut::"
             ),
         }
     }
