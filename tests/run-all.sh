@@ -41,12 +41,25 @@ if compgen -G "tests/*.rs" >/dev/null; then
   exit 1
 fi
 
-echo "== cargo fmt --check"
-cargo fmt --all --check
-echo "== cargo clippy"
-cargo clippy --workspace --all-targets -- -D warnings
-echo "== cargo test (workspace)"
-cargo test --workspace --no-fail-fast
+# Per-section times, printed as a table at the end (also when a section fails).
+sections=()
+section() { # name command...
+  local name=$1 started=$SECONDS
+  shift
+  echo "== $name"
+  "$@"
+  sections+=("$(printf '%-28s %5d s' "$name" $((SECONDS - started)))")
+}
+print_times() {
+  echo "== time per section (total $SECONDS s)"
+  local line
+  for line in "${sections[@]}"; do echo "  $line"; done
+}
+trap print_times EXIT
+
+section "cargo fmt --check" cargo fmt --all --check
+section "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
+section "cargo test (workspace)" cargo test --workspace --no-fail-fast
 
 # ---- BEGIN device builds (issue 5) -------------------------------------------------------
 # The Pi targets built without Docker, their tests under qemu-user, the Debian packages, and
@@ -56,10 +69,7 @@ if [ "${EDGECAP_SKIP_DEVICE:-0}" = 1 ]; then
   echo "== device builds: skipped (EDGECAP_SKIP_DEVICE=1)"
 else
   for step in build test-qemu package install-check; do
-    echo "== cross/$step.sh"
-    started=$SECONDS
-    bash "cross/$step.sh"
-    echo "== cross/$step.sh took $((SECONDS - started)) s"
+    section "cross/$step.sh" bash "cross/$step.sh"
   done
   # Each step exits non-zero on its first failed check (set -e above stops here then).
   echo "device: 4 passed, 0 failed"
