@@ -35,6 +35,13 @@ pub enum Error {
         disk_bytes_max: u64,
         oldest_seq: u64,
     },
+    /// The file system holding the log has no room for a new segment (ENOSPC), below the
+    /// disk budget, and the policy is `reject` (or there is nothing older to drop).
+    #[error("the file system holding the log is full: no room for a new {segment_bytes}-byte segment (on_full = \"{policy}\"); free space or lower storage.max_disk")]
+    NoSpace {
+        segment_bytes: u64,
+        policy: &'static str,
+    },
     /// Another process holds the writer lock on the directory.
     #[error("data directory {0} is locked by another writer")]
     Locked(PathBuf),

@@ -17,6 +17,7 @@
 //! reused), `Reject` refuses the append with [`Error::Full`].
 
 use std::collections::BTreeMap;
+use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
@@ -563,7 +564,7 @@ impl Log {
             return Err(Error::Poisoned(message));
         }
         self.make_room()?;
-        let segment = create_segment(&*shared.medium, &shared.options, writer.next_seq)?;
+        let segment = self.create_segment_making_space(writer.next_seq)?;
         shared
             .segments
             .write()
@@ -586,41 +587,84 @@ impl Log {
                 }
                 segments[0].clone()
             };
-            let floor = lock(&shared.cursors)
-                .values()
-                .map(|c| c.seq)
-                .min()
-                .unwrap_or(0);
-            let last = oldest.last_seq();
-            if last > floor {
-                match shared.options.on_full {
-                    OnFull::Reject => {
-                        return Err(Error::Full {
-                            disk_bytes_max: shared.options.disk_bytes_max,
-                            oldest_seq: oldest.first_seq,
-                        })
-                    }
-                    OnFull::DropOldest => {
-                        let from = floor.max(oldest.first_seq - 1) + 1;
-                        shared
-                            .dropped_events
-                            .fetch_add(last + 1 - from, Ordering::Relaxed);
-                        lock(&shared.drops).push(DropRecord {
-                            range: SeqRange { from, to: last },
-                        });
-                    }
+            self.remove_oldest(oldest)?;
+        }
+    }
+
+    /// Creates the next segment. When the file system itself is full (ENOSPC below the
+    /// budget: a small SD card, another program's files), `drop_oldest` drops the oldest
+    /// segment and tries again, and `reject` refuses with [`Error::NoSpace`]; either way the
+    /// log stays usable and the next append tries again once there is room.
+    fn create_segment_making_space(&self, first_seq: u64) -> Result<Segment> {
+        let shared = &*self.shared;
+        loop {
+            let error = match create_segment(&*shared.medium, &shared.options, first_seq) {
+                Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::StorageFull => {
+                    source
+                }
+                other => return other,
+            };
+            let oldest = {
+                let segments = shared.segments.read().unwrap_or_else(|e| e.into_inner());
+                (segments.len() >= 2).then(|| segments[0].clone())
+            };
+            let policy = match shared.options.on_full {
+                OnFull::DropOldest => "drop_oldest",
+                OnFull::Reject => "reject",
+            };
+            match (shared.options.on_full, oldest) {
+                (OnFull::DropOldest, Some(oldest)) => self.remove_oldest(oldest)?,
+                _ => {
+                    let _ = error;
+                    return Err(Error::NoSpace {
+                        segment_bytes: shared.options.segment_bytes,
+                        policy,
+                    });
                 }
             }
-            shared
-                .medium
-                .remove(&oldest.name)
-                .context(|| format!("removing {}", oldest.name))?;
-            shared
-                .segments
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .retain(|s| !Arc::ptr_eq(s, &oldest));
         }
+    }
+
+    /// Removes the oldest segment: a release when every cursor is past it, else (only under
+    /// `drop_oldest`; `reject` refuses with [`Error::Full`]) a drop of the events no cursor
+    /// has passed, recorded for [`Log::take_drops`].
+    fn remove_oldest(&self, oldest: Arc<Segment>) -> Result<()> {
+        let shared = &*self.shared;
+        let floor = lock(&shared.cursors)
+            .values()
+            .map(|c| c.seq)
+            .min()
+            .unwrap_or(0);
+        let last = oldest.last_seq();
+        if last > floor {
+            match shared.options.on_full {
+                OnFull::Reject => {
+                    return Err(Error::Full {
+                        disk_bytes_max: shared.options.disk_bytes_max,
+                        oldest_seq: oldest.first_seq,
+                    })
+                }
+                OnFull::DropOldest => {
+                    let from = floor.max(oldest.first_seq - 1) + 1;
+                    shared
+                        .dropped_events
+                        .fetch_add(last + 1 - from, Ordering::Relaxed);
+                    lock(&shared.drops).push(DropRecord {
+                        range: SeqRange { from, to: last },
+                    });
+                }
+            }
+        }
+        shared
+            .medium
+            .remove(&oldest.name)
+            .context(|| format!("removing {}", oldest.name))?;
+        shared
+            .segments
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|s| !Arc::ptr_eq(s, &oldest));
+        Ok(())
     }
 }
 

@@ -100,6 +100,37 @@ impl FsMedium {
     fn sync_dir(&self) -> io::Result<()> {
         File::open(&self.dir)?.sync_all()
     }
+
+    /// `create` itself: a zero-filled temp file with `head`, synced, renamed into place.
+    fn create_at(
+        &self,
+        temp_path: &Path,
+        name: &str,
+        len: u64,
+        head: &[u8],
+    ) -> io::Result<Box<dyn MediumFile>> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(temp_path)?;
+        // Write real zeros rather than ftruncate/fallocate: every block is allocated and
+        // initialised now, so later writes never hit ENOSPC and fdatasync never has to convert
+        // unwritten extents (which would cost a journal commit per sync).
+        let zeros = vec![0u8; ZERO_CHUNK_BYTES];
+        let mut remaining = len;
+        while remaining > 0 {
+            let step = remaining.min(ZERO_CHUNK_BYTES as u64) as usize;
+            file.write_all(&zeros[..step])?;
+            remaining -= step as u64;
+        }
+        file.write_all_at(head, 0)?;
+        file.sync_all()?;
+        fs::rename(temp_path, self.path(name))?;
+        self.sync_dir()?;
+        Ok(Box::new(FsFile::new(file)?))
+    }
 }
 
 impl Medium for FsMedium {
@@ -126,29 +157,13 @@ impl Medium for FsMedium {
 
     fn create(&self, name: &str, len: u64, head: &[u8]) -> io::Result<Box<dyn MediumFile>> {
         assert!(head.len() as u64 <= len);
-        let temp_name = format!("{name}.tmp");
-        let temp_path = self.path(&temp_name);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&temp_path)?;
-        // Write real zeros rather than ftruncate/fallocate: every block is allocated and
-        // initialised now, so later writes never hit ENOSPC and fdatasync never has to convert
-        // unwritten extents (which would cost a journal commit per sync).
-        let zeros = vec![0u8; ZERO_CHUNK_BYTES];
-        let mut remaining = len;
-        while remaining > 0 {
-            let step = remaining.min(ZERO_CHUNK_BYTES as u64) as usize;
-            file.write_all(&zeros[..step])?;
-            remaining -= step as u64;
+        let temp_path = self.path(&format!("{name}.tmp"));
+        let created = self.create_at(&temp_path, name, len, head);
+        if created.is_err() {
+            // A half-written temp file (ENOSPC) must not hold on to the space it took.
+            let _ = fs::remove_file(&temp_path);
         }
-        file.write_all_at(head, 0)?;
-        file.sync_all()?;
-        fs::rename(&temp_path, self.path(name))?;
-        self.sync_dir()?;
-        Ok(Box::new(FsFile::new(file)?))
+        created
     }
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {

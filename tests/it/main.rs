@@ -4,6 +4,7 @@
 
 mod support;
 
+mod disk_full;
 mod forward;
 mod hardening;
 mod history;

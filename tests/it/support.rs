@@ -349,6 +349,8 @@ pub struct Daemon {
     pub config: PathBuf,
     /// Extra environment for the daemon process.
     pub env: Vec<(String, String)>,
+    /// Where the daemon's stderr (its log) goes.
+    pub log: PathBuf,
     child: Option<Child>,
 }
 
@@ -377,9 +379,25 @@ impl Daemon {
         )
         .unwrap();
         let mut daemon = Daemon {
+            log: dir.with_extension("log"),
             dir,
             socket,
             config,
+            env: Vec::new(),
+            child: None,
+        };
+        daemon.restart();
+        daemon
+    }
+
+    /// A daemon on an existing `config` whose `storage.dir` is `dir` and whose socket is
+    /// `root/ingest.sock`; its log goes to `root/daemon.log` (not into `dir`'s file system).
+    pub fn with_config(root: &Path, dir: &Path, config: &Path) -> Daemon {
+        let mut daemon = Daemon {
+            log: root.join("daemon.log"),
+            dir: dir.to_path_buf(),
+            socket: root.join("ingest.sock"),
+            config: config.to_path_buf(),
             env: Vec::new(),
             child: None,
         };
@@ -404,7 +422,7 @@ impl Daemon {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.with_extension("log"))
+            .open(&self.log)
             .unwrap();
         let child = edgecap()
             .arg("run")
@@ -464,7 +482,7 @@ impl Daemon {
 
     /// Daemon log so far (for failure messages).
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// `edgecap log dump` of the data directory, parsed.
