@@ -75,3 +75,7 @@ else
   echo "device: 4 passed, 0 failed"
 fi
 # ---- END device builds --------------------------------------------------------------------
+
+# Real power cuts: a qemu VM (KVM when /dev/kvm opens) killed mid-stream, 10 cuts per sync mode
+# (tests/soak.sh: 100). It boots the amd64 binary that the device builds above just made.
+section "tests/powercut-vm.sh" bash tests/powercut-vm.sh

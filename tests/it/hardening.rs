@@ -533,6 +533,19 @@ fn build_shim(dir: &Path) -> Option<PathBuf> {
 
 #[test]
 fn failed_fdatasync_ends_the_process_non_zero_and_a_restart_recovers_every_acked_event() {
+    storage_fault_ends_the_process_and_a_restart_recovers("sync", "");
+}
+
+/// A segment `pwrite` that fails with EIO (it writes nothing) is the same fatal fault.
+#[test]
+fn failed_pwrite_ends_the_process_non_zero_and_a_restart_recovers_every_acked_event() {
+    storage_fault_ends_the_process_and_a_restart_recovers("pwrite", ".seg");
+}
+
+/// Acks 500 events, then makes the shim fail `ops` (on files whose path contains `matching`):
+/// the next event is refused, the process exits non-zero, and a restart without the fault
+/// serves every acked event and records the unclean stop.
+fn storage_fault_ends_the_process_and_a_restart_recovers(ops: &str, matching: &str) {
     let root = tempfile::tempdir().unwrap();
     let Some(shim) = build_shim(root.path()) else {
         return;
@@ -543,6 +556,8 @@ fn failed_fdatasync_ends_the_process_non_zero_and_a_restart_recovers_every_acked
     daemon.env = vec![
         ("LD_PRELOAD".into(), shim.display().to_string()),
         ("EDGECAP_SHIM_FAIL_IF".into(), trigger.display().to_string()),
+        ("EDGECAP_SHIM_FAIL_OPS".into(), ops.into()),
+        ("EDGECAP_SHIM_FAIL_MATCH".into(), matching.into()),
     ];
     daemon.restart();
     let lines: Vec<String> = (0..500).map(|i| event_line("t", i)).collect();
@@ -580,6 +595,7 @@ fn failed_fdatasync_ends_the_process_non_zero_and_a_restart_recovers_every_acked
         "unclean stop not recorded"
     );
     assert_eq!(daemon.status()["healthy"], true);
+    verify_clean(&daemon.dir);
 }
 
 #[test]
@@ -886,8 +902,11 @@ fn cursor_write_failure_ends_the_process_non_zero_and_a_restart_forwards_on() {
         ("EDGECAP_SHIM_FAIL_MATCH".into(), ".cursor".into()),
     ];
     daemon.restart();
-    std::fs::write(&trigger, b"").unwrap();
     let second = acked_seqs(&request(&daemon.socket, &[event_line("t", 2)]));
+    std::fs::write(&trigger, b"").unwrap();
+    // The next cursor write fails: this event's forwarding makes one (its own ack may or may
+    // not come before the fault).
+    request(&daemon.socket, &[event_line("t", 3)]);
     let status = wait_exit(&mut daemon, Duration::from_secs(20));
     assert!(
         !status.success(),
@@ -904,6 +923,56 @@ fn cursor_write_failure_ends_the_process_non_zero_and_a_restart_forwards_on() {
         || daemon.status()["forwarded_seq"].as_u64() >= second.last().copied(),
     );
     assert!(sub.seqs().contains(&second[0]));
+}
+
+/// A cursor file that cannot be created (its fsync fails, as on a full disk) damages nothing:
+/// it is retried, forwarding goes on, and the daemon does not exit into a crash loop (every
+/// restart would fail the same way). Once the file can be written it is, and the error clears.
+#[test]
+fn first_cursor_that_cannot_be_created_is_retried_not_a_crash_loop() {
+    let root = tempfile::tempdir().unwrap();
+    let Some(shim) = build_shim(root.path()) else {
+        return;
+    };
+    let broker = Broker::start(root.path());
+    let sub = Subscriber::start(broker.port, "edgecap/dev1/events/#");
+    let trigger = root.path().join("fail-now");
+    std::fs::write(&trigger, b"").unwrap();
+    let mut daemon = Daemon::start(root.path(), "");
+    daemon.terminate();
+    let mut config = std::fs::read_to_string(&daemon.config).unwrap();
+    config.push_str(&upstream_config(broker.port));
+    std::fs::write(&daemon.config, config).unwrap();
+    daemon.env = vec![
+        ("LD_PRELOAD".into(), shim.display().to_string()),
+        ("EDGECAP_SHIM_FAIL_IF".into(), trigger.display().to_string()),
+        ("EDGECAP_SHIM_FAIL_MATCH".into(), ".cursor".into()),
+    ];
+    daemon.restart();
+    let acked = acked_seqs(&request(&daemon.socket, &[event_line("t", 1)]));
+    wait_until(
+        "forwarded without a cursor file",
+        Duration::from_secs(20),
+        || sub.seqs().contains(&acked[0]),
+    );
+    wait_until("the cursor error reported", Duration::from_secs(20), || {
+        daemon.status()["current_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("forward cursor"))
+    });
+    assert!(
+        daemon.try_wait().is_none(),
+        "the daemon exited on a cursor it could not create:\n{}",
+        daemon.log_text()
+    );
+    std::fs::remove_file(&trigger).unwrap();
+    let cursor = daemon.dir.join("forward.cursor");
+    wait_until(
+        "the cursor written, the error cleared",
+        Duration::from_secs(20),
+        || cursor.exists() && daemon.status()["current_error"].is_null(),
+    );
+    assert_eq!(daemon.status()["healthy"], true);
 }
 
 #[test]

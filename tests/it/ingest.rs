@@ -485,3 +485,52 @@ fn lowering_max_event_bytes_and_restarting_keeps_every_stored_event() {
     assert_eq!(report["clean"], true, "{report}");
     assert_eq!(report["tail_cut"], Json::Null, "{report}");
 }
+
+/// A producer that writes a line now and then into `edgecap publish -` gets each event stored
+/// and answered at once, not when 8 KiB of requests have piled up or stdin closes.
+#[test]
+fn publish_stdin_sends_each_line_without_waiting_for_more_input() {
+    use std::io::BufRead;
+    let root = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(root.path(), "");
+    let mut child = edgecap()
+        .args(["publish", "--socket", daemon.socket.to_str().unwrap(), "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut replies = Vec::new();
+    for value in 0..3 {
+        stdin
+            .write_all(format!("{}\n", event_line("slow", value)).as_bytes())
+            .unwrap();
+        stdin.flush().unwrap();
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(reply) => replies.push(reply),
+            Err(_) => break,
+        }
+    }
+    drop(stdin);
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    assert_eq!(
+        replies.len(),
+        3,
+        "a line waited for more input before it was sent: {replies:?}"
+    );
+    assert!(
+        replies.iter().all(|r| r.contains("\"ok\":true")),
+        "{replies:?}"
+    );
+    assert!(status.success());
+}

@@ -563,3 +563,17 @@ pub fn upstream_config(port: u16) -> String {
         "[upstream]\nhost = \"127.0.0.1\"\nport = {port}\nkeep_alive_secs = 5\nmax_inflight = 32\n[retry]\ninitial_backoff_ms = 50\nmax_backoff_ms = 300\n[breaker]\nfailure_threshold = 3\nopen_secs = 1\n"
     )
 }
+
+/// `edgecap log verify` of `dir` passes.
+pub fn verify_clean(dir: &std::path::Path) {
+    let out = output_within(
+        edgecap().args(["log", "verify", "--dir"]).arg(dir),
+        Duration::from_secs(120),
+    );
+    assert!(
+        out.status.success(),
+        "verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

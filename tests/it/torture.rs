@@ -60,20 +60,6 @@ fn stream_until_gone(socket: &std::path::Path, tag: usize, stop: Arc<AtomicBool>
     acked
 }
 
-/// `edgecap log verify` of `dir` passes.
-fn verify_clean(dir: &std::path::Path) {
-    let out = output_within(
-        edgecap().args(["log", "verify", "--dir"]).arg(dir),
-        Duration::from_secs(120),
-    );
-    assert!(
-        out.status.success(),
-        "verify: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn kill_storm_loses_no_acked_event_and_never_repeats_a_seq() {
     let kills = count("EDGECAP_KILLS", 100);

@@ -109,15 +109,25 @@ fn publish_stdin(socket: &Path) -> ExitCode {
     };
     let sender = std::thread::spawn(move || -> std::io::Result<u64> {
         let mut out = std::io::BufWriter::new(&write_half);
+        let mut input = BufReader::new(std::io::stdin().lock());
+        let mut line = Vec::new();
         let mut sent = 0u64;
-        for line in std::io::stdin().lock().split(b'\n') {
-            let line = line?;
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
+        loop {
+            line.clear();
+            if input.read_until(b'\n', &mut line)? == 0 {
+                break;
             }
-            out.write_all(&line)?;
-            out.write_all(b"\n")?;
-            sent += 1;
+            let text = line.strip_suffix(b"\n").unwrap_or(&line);
+            if !text.iter().all(u8::is_ascii_whitespace) {
+                out.write_all(text)?;
+                out.write_all(b"\n")?;
+                sent += 1;
+            }
+            // Nothing more to read without waiting: send what we have, or a producer writing
+            // a line now and then would see its events held back until 8 KiB piled up.
+            if input.buffer().is_empty() {
+                out.flush()?;
+            }
         }
         out.flush()?;
         drop(out);

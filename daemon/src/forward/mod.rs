@@ -23,7 +23,9 @@
 //!   retained command) pauses the command subscription on a clean session instead of breaking
 //!   every reconnect.
 
-mod commands;
+// Public for the fuzz targets (tests/fuzz) only.
+#[doc(hidden)]
+pub mod commands;
 mod link;
 mod window;
 
@@ -179,6 +181,8 @@ struct Coordinator {
     puback_timeout: Duration,
     /// How long a connection must live to count as healthy.
     healthy_after: Duration,
+    /// The cursor file could not be created yet (retried on every persist).
+    cursor_unwritten: bool,
 }
 
 impl Forwarder {
@@ -314,6 +318,7 @@ impl Coordinator {
             early_drops: 0,
             puback_timeout: 2 * keep_alive,
             healthy_after: keep_alive.min(ms(CONNECTION_HEALTHY_MS)),
+            cursor_unwritten: false,
             fwd,
         }
     }
@@ -773,10 +778,30 @@ impl Coordinator {
         let written =
             tokio::task::spawn_blocking(move || log.set_cursor(FORWARD_CURSOR, cursor)).await;
         match written {
-            Ok(Ok(())) => self.window.persisted(cursor),
+            Ok(Ok(())) => {
+                self.window.persisted(cursor);
+                if std::mem::take(&mut self.cursor_unwritten) {
+                    tracing::info!(cursor, "forward cursor persisted again");
+                    self.fwd.health.clear_error("cursor");
+                }
+            }
+            // Creating the first cursor file failed (a full disk) and damaged nothing: a
+            // restart could not do better (it would fail the same way and loop), and the worst
+            // a crash now costs is resending from the last persisted cursor. Retried each time.
+            Ok(Err(e @ edgecap_storage::Error::Io { .. })) if self.fwd.log.poisoned().is_none() => {
+                self.cursor_not_created(e)
+            }
             Ok(Err(e)) => self.fatal(format!("cannot persist the forward cursor: {e}")),
             Err(e) => self.fatal(format!("cannot persist the forward cursor: {e}")),
         }
+    }
+
+    fn cursor_not_created(&mut self, error: edgecap_storage::Error) {
+        let message = format!("cannot create the forward cursor file (retrying): {error}");
+        if !std::mem::replace(&mut self.cursor_unwritten, true) {
+            tracing::warn!("{message}");
+        }
+        self.fwd.health.set_error("cursor", message);
     }
 
     /// Reports a fault the process cannot repair: the daemon stops with exit 1.
