@@ -79,3 +79,7 @@ fi
 # Real power cuts: a qemu VM (KVM when /dev/kvm opens) killed mid-stream, 10 cuts per sync mode
 # (tests/soak.sh: 100). It boots the amd64 binary that the device builds above just made.
 section "tests/powercut-vm.sh" bash tests/powercut-vm.sh
+
+# Fuzzing (cargo-fuzz, libFuzzer): every parser of outside bytes, 15 s each from the committed
+# corpus (tests/soak.sh: 10 million executions each).
+section "tests/fuzz.sh" env EDGECAP_FUZZ_SECS="${EDGECAP_FUZZ_SECS:-15}" bash tests/fuzz.sh

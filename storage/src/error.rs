@@ -75,6 +75,9 @@ pub enum Error {
         seq: u64,
         durable_seq: u64,
     },
+    /// The log has handed out every seq up to `SEQ_MAX` (limits.rs); nothing more can be stored.
+    #[error("the log has used every seq up to {0}")]
+    SeqsExhausted(u64),
 }
 
 /// Result alias of the storage crate.

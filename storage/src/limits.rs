@@ -101,6 +101,16 @@ pub const ZERO_CHUNK_BYTES: usize = 64 * 1024;
 /// Most cursors one log holds: 16. Each is a 1 KiB file and each costs a sync when it moves.
 pub const CURSORS_MAX: usize = 16;
 
+/// The highest seq any log can reach (2^62: 146,000 years at a million events a second). A seq
+/// above it read from disk (a frame, a cursor, a seal, a proof, a file name), CRC or not, is
+/// damage: trusting it would push the next seq past `u64::MAX`.
+pub const SEQ_MAX: u64 = 1 << 62;
+
+/// A seq a log can hold: `1..=SEQ_MAX`.
+pub fn plausible_seq(seq: u64) -> bool {
+    (1..=SEQ_MAX).contains(&seq)
+}
+
 const _: () = assert!(SEGMENT_HEADER_BYTES % FRAME_ALIGN_BYTES == 0);
 const _: () = assert!(FRAME_HEADER_BYTES % FRAME_ALIGN_BYTES == 0);
 const _: () = assert!(SEGMENT_BYTES_MIN % SECTOR_BYTES == 0);

@@ -290,6 +290,9 @@ impl Log {
         let mut writer = lock(&shared.writer);
         self.check_poison()?;
         let seq = writer.next_seq;
+        if seq > crate::limits::SEQ_MAX {
+            return Err(Error::SeqsExhausted(crate::limits::SEQ_MAX));
+        }
         event.seq = seq;
         let limit = shared.options.record_bytes_max;
         let payload_bytes = match postcard::to_slice(&event, &mut writer.payload) {

@@ -28,9 +28,10 @@ use crate::cursor::{
     CURSOR_SUFFIX,
 };
 use crate::error::{Error, IoContext, Result};
+use crate::limits::plausible_seq;
 use crate::limits::{
     CUT_FILES_MAX, CUT_FILE_BYTES_MAX, FRAME_ALIGN_BYTES, FRAME_HEADER_BYTES, PAGE_BYTES,
-    SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES, ZERO_CHUNK_BYTES,
+    SEGMENT_BYTES_MIN, SEGMENT_HEADER_BYTES, SEQ_MAX, ZERO_CHUNK_BYTES,
 };
 use crate::log::LogOptions;
 use crate::medium::{Medium, MediumFile};
@@ -270,7 +271,7 @@ fn list(run: &mut Run<'_>) -> Result<Listing> {
         } else if let Some(first_seq) = parse_segment_name(&name) {
             listing.segments.push((first_seq, name));
         } else if let Some(digits) = name.strip_suffix(QUARANTINE_SUFFIX) {
-            if let Ok(first_seq) = digits.parse::<u64>() {
+            if let Some(first_seq) = digits.parse::<u64>().ok().filter(|&s| plausible_seq(s)) {
                 listing.quarantined.push((first_seq, name));
             }
         } else if let Some(cursor) = name.strip_suffix(CURSOR_SUFFIX) {
@@ -562,9 +563,9 @@ fn trusted_seal(run: &Run<'_>, segment: &Segment) -> Option<crate::tail::Seal> {
         (segment.data_start, segment.data_end),
     )?;
     // Bytes on disk, CRC or not: a seal that cannot describe this segment is not trusted.
-    let frames = (seal.last_seq + 1).checked_sub(segment.first_seq)?;
+    let frames = (seal.last_seq.checked_add(1)?).checked_sub(segment.first_seq)?;
     let room = seal.end_offset.checked_sub(segment.data_start)?;
-    let plausible = frames * (FRAME_HEADER_BYTES + FRAME_ALIGN_BYTES) <= room
+    let plausible = frames.checked_mul(FRAME_HEADER_BYTES + FRAME_ALIGN_BYTES)? <= room
         && (frames == 0) == (room == 0)
         && seal.end_offset <= segment.data_end;
     plausible.then_some(seal)
@@ -623,6 +624,7 @@ fn check_header(
     file.read_uncached(0, &mut bytes)
         .map_err(|e| format!("header unreadable: {e}"))?;
     let h = SegmentHeader::decode(&bytes)?;
+    let (data_start, data_end) = h.data_range();
     if h.first_seq != first_seq {
         Err(format!(
             "header first_seq {} differs from name",
@@ -633,6 +635,13 @@ fn check_header(
             "header says {} bytes, file has {}",
             h.segment_bytes,
             file.len()
+        ))
+    } else if !plausible_seq(h.first_seq) {
+        Err(format!("header first_seq {} is impossible", h.first_seq))
+    } else if data_start < SEGMENT_HEADER_BYTES || data_start > data_end {
+        Err(format!(
+            "a {}-byte segment of format v{} has no room for data",
+            h.segment_bytes, h.version
         ))
     } else {
         Ok(h)
@@ -665,7 +674,12 @@ fn quarantine(
     reason: String,
 ) -> Result<()> {
     let max_seq = max_frame_seq(file);
-    run.seq_floor = run.seq_floor.max(max_seq.unwrap_or(0));
+    // As for a quarantine file an earlier open left (scan_quarantined): the name says seqs
+    // from first_seq on may have been handed out, so this open never hands them out again.
+    run.seq_floor = run
+        .seq_floor
+        .max(max_seq.unwrap_or(0))
+        .max(first_seq.saturating_sub(1));
     if run.repair {
         let aside = format!("{first_seq:020}{QUARANTINE_SUFFIX}");
         run.medium
@@ -1037,7 +1051,13 @@ fn finish(
 ) -> Result<Recovered> {
     let mut report = run.report;
     let log_last = segments.last().map(|s| s.last_seq()).unwrap_or(0);
-    let mut next_seq = run.seq_floor.max(cursor_max).max(log_last) + 1;
+    // Every seq read from disk is at most SEQ_MAX (damage otherwise): this cannot overflow.
+    let highest = run.seq_floor.max(cursor_max).max(log_last);
+    assert!(
+        highest <= SEQ_MAX,
+        "seq {highest} from disk escaped the SEQ_MAX checks"
+    );
+    let mut next_seq = highest + 1;
     let needs_new_segment = segments.last().is_some_and(|s| !s.appendable())
         || report
             .quarantined

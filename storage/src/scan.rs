@@ -100,6 +100,7 @@ pub(crate) enum FrameRead {
 fn plausible(header: &[u8], offset: u64, data_end: u64) -> Option<(u32, u32, u64)> {
     let (payload_bytes, crc, seq) = decode_header(header);
     let possible = payload_bytes > 0
+        && crate::limits::plausible_seq(seq)
         && payload_bytes as usize <= RECORD_PAYLOAD_BYTES_MAX_FORMAT
         && offset + frame_bytes(payload_bytes as usize) <= data_end;
     possible.then_some((payload_bytes, crc, seq))

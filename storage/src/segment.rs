@@ -126,7 +126,10 @@ pub fn parse_segment_name(name: &str) -> Option<u64> {
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    digits
+        .parse()
+        .ok()
+        .filter(|&seq| crate::limits::plausible_seq(seq))
 }
 
 /// Where frames start and end in a segment of `version` that is `segment_bytes` long.

@@ -104,6 +104,7 @@ fn decode_slot(window: &mut Window<'_>, at: u64, slot: u64, data: (u64, u64)) ->
     let copied = u32::from_le_bytes(header[32..36].try_into().unwrap()) as u64;
     let crc = u32::from_le_bytes(header[36..40].try_into().unwrap());
     let plausible = generation >= 1
+        && proven_seq <= crate::limits::SEQ_MAX
         && generation % 2 == slot
         && page_offset % PAGE_BYTES == 0
         && page_offset >= data.0
@@ -152,7 +153,9 @@ pub(crate) fn read_seal(
     let newest_copy = read_slots(window, segment_bytes, data)
         .last()
         .map_or(0, |s| s.generation);
-    let plausible = seal.end_offset >= data.0 && seal.end_offset <= data.1;
+    let plausible = seal.end_offset >= data.0
+        && seal.end_offset <= data.1
+        && seal.last_seq <= crate::limits::SEQ_MAX;
     (seal.generation > newest_copy && plausible).then_some(seal)
 }
 

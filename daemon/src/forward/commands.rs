@@ -44,8 +44,9 @@ pub struct CommandStore {
 }
 
 /// What to do with one received command.
+#[doc(hidden)] // public for the fuzz targets (tests/fuzz)
 #[derive(Debug, PartialEq)]
-enum Verdict {
+pub enum Verdict {
     Store(Event),
     /// Acknowledge without storing: a retained command already stored.
     AlreadyStored,
@@ -81,7 +82,8 @@ pub async fn run(
 }
 
 impl CommandStore {
-    fn verdict(&self, publish: &Publish) -> Verdict {
+    #[doc(hidden)] // public for the fuzz targets (tests/fuzz)
+    pub fn verdict(&self, publish: &Publish) -> Verdict {
         let name = publish.topic.rsplit('/').next().unwrap_or_default();
         let bytes = publish.payload.len();
         if bytes > self.event_bytes_max {
@@ -227,7 +229,8 @@ impl Remembered {
             .any(|(t, crc, len)| t == topic && (*crc, *len) == digest)
     }
 
-    fn stored(&mut self, topic: &str, payload: &[u8]) {
+    #[doc(hidden)] // public for the fuzz targets (tests/fuzz)
+    pub fn stored(&mut self, topic: &str, payload: &[u8]) {
         self.last.retain(|(t, _, _)| t != topic);
         if self.last.len() == RETAINED_TOPICS_MAX {
             self.last.pop_front();

@@ -522,3 +522,64 @@ fn a_failing_repair_write_does_not_fail_every_start() {
         assert_eq!(log.stats().segments, 2, "never appended to the bad segment");
     }
 }
+
+// Found by fuzzing (tests/fuzz, segment_recovery): a segment whose CRC-valid v2 header gives a
+// length too small to hold data reached `Segment::new`'s assertion, so even `log verify`
+// panicked. It is damage: reported, and every open still works.
+#[test]
+fn segment_too_small_for_data_with_a_crc_valid_header_is_damage_not_a_panic() {
+    let dir = TempDir::new().unwrap();
+    write_events(dir.path(), 3);
+    let len = 8 * 1024; // a v2 header and trailer do not fit
+    let header = SegmentHeader {
+        version: edgecap_storage::segment::FORMAT_VERSION,
+        first_seq: 100,
+        segment_bytes: len,
+        created_wall_ms: 1,
+    };
+    let mut bytes = header.encode().to_vec();
+    bytes.resize(len as usize, 0);
+    fs::write(dir.path().join(segment_name(100)), bytes).unwrap();
+    let (_, report) =
+        Log::open_read_only(dir.path(), tiny_options(), &mut |_, _| {}).expect("verify opens");
+    assert!(!report.is_clean(), "an impossible segment went unreported");
+    let (log, _) = Log::open(dir.path(), tiny_options()).expect("a repairing open works");
+    let texts: Vec<_> = read_all(&log, 1).into_iter().map(|e| e.value).collect();
+    assert_eq!(texts.len(), 3, "the good segment's events: {texts:?}");
+    // Seqs from 100 on may have been handed out by the writer of the damaged segment.
+    let seq = log.append(event("after")).unwrap();
+    assert!(seq >= 100, "seq {seq} is below the damaged segment's name");
+}
+
+// Found by fuzzing (cursor_file): a CRC-valid cursor slot holding u64::MAX overflowed the next
+// seq (`+ 1`) in recovery. A seq past SEQ_MAX is damage: the slot does not count.
+#[test]
+fn cursor_holding_u64_max_is_a_bad_slot_not_an_overflow() {
+    let dir = TempDir::new().unwrap();
+    write_events(dir.path(), 3);
+    let mut bytes = encode_slot(0, u64::MAX).to_vec();
+    bytes.extend_from_slice(&encode_slot(1, u64::MAX));
+    fs::write(dir.path().join("forward.cursor"), bytes).unwrap();
+    let (_, report) =
+        Log::open_read_only(dir.path(), tiny_options(), &mut |_, _| {}).expect("verify opens");
+    assert!(!report.is_clean(), "a cursor past SEQ_MAX went unreported");
+    let (log, _) = Log::open(dir.path(), tiny_options()).expect("a repairing open works");
+    assert_eq!(
+        log.append(event("next")).unwrap(),
+        4,
+        "the bad cursor moved the next seq"
+    );
+}
+
+// The same class for file names: a quarantine or segment file named past SEQ_MAX (or 0) does not
+// move the next seq (a name is bytes on disk too).
+#[test]
+fn file_named_past_seq_max_does_not_move_the_next_seq() {
+    let dir = TempDir::new().unwrap();
+    write_events(dir.path(), 3);
+    let huge = format!("{}.seg.quarantine", u64::MAX);
+    fs::write(dir.path().join(huge), b"junk").unwrap();
+    fs::write(dir.path().join(format!("{:020}.seg", 0)), b"junk").unwrap();
+    let (log, _) = Log::open(dir.path(), tiny_options()).expect("opens");
+    assert_eq!(log.append(event("next")).unwrap(), 4);
+}
