@@ -11,6 +11,9 @@
 #   RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir tests/fuzz --target-dir target/fuzz TARGET FILE
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. cross/common.sh
+# libfuzzer-sys compiles libFuzzer (C++).
+apt_need g++
 
 # Pinned so every run fuzzes with the same tool.
 CARGO_FUZZ_VERSION=0.13.2

@@ -70,8 +70,10 @@ pub fn decode_slot(bytes: &[u8]) -> Option<(u64, u64)> {
     }
     let generation = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
     let seq = u64::from_le_bytes(bytes[16..24].try_into().unwrap());
-    // 0 is a valid cursor (nothing consumed); past SEQ_MAX it is damage.
-    (seq <= crate::limits::SEQ_MAX).then_some((generation, seq))
+    // 0 is a valid cursor (nothing consumed); past SEQ_MAX it is damage, and so is a generation
+    // past GENERATION_MAX (the next store adds one to it).
+    (seq <= crate::limits::SEQ_MAX && generation <= crate::limits::GENERATION_MAX)
+        .then_some((generation, seq))
 }
 
 /// What reading a cursor file found.

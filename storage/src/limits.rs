@@ -106,6 +106,10 @@ pub const CURSORS_MAX: usize = 16;
 /// damage: trusting it would push the next seq past `u64::MAX`.
 pub const SEQ_MAX: u64 = 1 << 62;
 
+/// The highest generation of a tail slot, seal or cursor slot (each write adds one): past it,
+/// as for [`SEQ_MAX`], the slot is damage, so `generation + 1` never overflows.
+pub const GENERATION_MAX: u64 = 1 << 62;
+
 /// A seq a log can hold: `1..=SEQ_MAX`.
 pub fn plausible_seq(seq: u64) -> bool {
     (1..=SEQ_MAX).contains(&seq)

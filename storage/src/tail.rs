@@ -103,13 +103,16 @@ fn decode_slot(window: &mut Window<'_>, at: u64, slot: u64, data: (u64, u64)) ->
     let (generation, page_offset, proven_seq) = (field(8), field(16), field(24));
     let copied = u32::from_le_bytes(header[32..36].try_into().unwrap()) as u64;
     let crc = u32::from_le_bytes(header[36..40].try_into().unwrap());
-    let plausible = generation >= 1
+    // Checked before the CRC (which needs `copied` bytes): nothing here may overflow.
+    let plausible = (1..=crate::limits::GENERATION_MAX).contains(&generation)
         && proven_seq <= crate::limits::SEQ_MAX
         && generation % 2 == slot
         && page_offset % PAGE_BYTES == 0
         && page_offset >= data.0
         && (1..=PAGE_BYTES).contains(&copied)
-        && page_offset + copied <= data.1;
+        && page_offset
+            .checked_add(copied)
+            .is_some_and(|end| end <= data.1);
     if !plausible {
         return None;
     }
@@ -132,8 +135,10 @@ fn decode_seal(window: &mut Window<'_>, at: u64, slot: u64) -> Option<Seal> {
     let bytes = window.bytes(at, SEAL_BYTES).ok()?.to_vec();
     let field = |from: usize| u64::from_le_bytes(bytes[from..from + 8].try_into().unwrap());
     let crc = u32::from_le_bytes(bytes[36..40].try_into().unwrap());
-    let valid =
-        bytes[0..8] == SEAL_MAGIC && field(8) % 2 == slot && crc32fast::hash(&bytes[0..36]) == crc;
+    let valid = bytes[0..8] == SEAL_MAGIC
+        && field(8) % 2 == slot
+        && field(8) <= crate::limits::GENERATION_MAX
+        && crc32fast::hash(&bytes[0..36]) == crc;
     valid.then(|| Seal {
         generation: field(8),
         last_seq: field(16),

@@ -3,7 +3,8 @@
  * writes. With EDGECAP_SHIM_FAIL_MATCH set, only files whose path contains that string fail
  * (`.cursor`: a cursor that cannot be written). EDGECAP_SHIM_FAIL_OPS picks the calls that
  * fail: "sync" (the default: fdatasync and fsync), "pwrite" (pwrite and pwrite64, writing
- * nothing), or "all". Built by the tests with `cc -shared -fPIC`. */
+ * nothing), or "all". The error is EIO, or ENOSPC with EDGECAP_SHIM_ERRNO=ENOSPC (a full disk).
+ * Built by the tests with `cc -shared -fPIC`. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -12,6 +13,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+static int shim_errno(void) {
+    const char *name = getenv("EDGECAP_SHIM_ERRNO");
+    return name != NULL && strcmp(name, "ENOSPC") == 0 ? ENOSPC : EIO;
+}
 
 /* op: 's' for a sync call, 'w' for a pwrite. */
 static int op_selected(char op) {
@@ -38,7 +44,7 @@ static int failing(int fd, char op) {
 int fdatasync(int fd) {
     static int (*real)(int);
     if (failing(fd, 's')) {
-        errno = EIO;
+        errno = shim_errno();
         return -1;
     }
     if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
@@ -48,7 +54,7 @@ int fdatasync(int fd) {
 int fsync(int fd) {
     static int (*real)(int);
     if (failing(fd, 's')) {
-        errno = EIO;
+        errno = shim_errno();
         return -1;
     }
     if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
@@ -58,7 +64,7 @@ int fsync(int fd) {
 ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset) {
     static ssize_t (*real)(int, const void *, size_t, off_t);
     if (failing(fd, 'w')) {
-        errno = EIO;
+        errno = shim_errno();
         return -1;
     }
     if (!real) real = (ssize_t (*)(int, const void *, size_t, off_t))dlsym(RTLD_NEXT, "pwrite");
@@ -68,7 +74,7 @@ ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset) {
 ssize_t pwrite64(int fd, const void *buf, size_t count, off64_t offset) {
     static ssize_t (*real)(int, const void *, size_t, off64_t);
     if (failing(fd, 'w')) {
-        errno = EIO;
+        errno = shim_errno();
         return -1;
     }
     if (!real) real = (ssize_t (*)(int, const void *, size_t, off64_t))dlsym(RTLD_NEXT, "pwrite64");

@@ -531,6 +531,28 @@ fn build_shim(dir: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
+/// Writes one request line and reads its reply if one comes, ignoring every error: for a
+/// daemon that may be ending at that moment.
+fn send_ignoring_errors(socket: &Path, line: &str) {
+    if let Ok(mut stream) = UnixStream::connect(socket) {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        if stream.write_all(format!("{line}\n").as_bytes()).is_ok() {
+            let _ = BufReader::new(stream).read_line(&mut String::new());
+        }
+    }
+}
+
+/// The daemon's environment with the shim loaded: `ops` (`sync`, `pwrite`, `all`) fail with
+/// EIO on files whose path contains `matching` (all files when empty) while `trigger` exists.
+fn shim_env(shim: &Path, trigger: &Path, ops: &str, matching: &str) -> Vec<(String, String)> {
+    vec![
+        ("LD_PRELOAD".into(), shim.display().to_string()),
+        ("EDGECAP_SHIM_FAIL_IF".into(), trigger.display().to_string()),
+        ("EDGECAP_SHIM_FAIL_OPS".into(), ops.into()),
+        ("EDGECAP_SHIM_FAIL_MATCH".into(), matching.into()),
+    ]
+}
+
 #[test]
 fn failed_fdatasync_ends_the_process_non_zero_and_a_restart_recovers_every_acked_event() {
     storage_fault_ends_the_process_and_a_restart_recovers("sync", "");
@@ -553,12 +575,7 @@ fn storage_fault_ends_the_process_and_a_restart_recovers(ops: &str, matching: &s
     let trigger = root.path().join("fail-now");
     let mut daemon = Daemon::start(root.path(), "");
     daemon.terminate();
-    daemon.env = vec![
-        ("LD_PRELOAD".into(), shim.display().to_string()),
-        ("EDGECAP_SHIM_FAIL_IF".into(), trigger.display().to_string()),
-        ("EDGECAP_SHIM_FAIL_OPS".into(), ops.into()),
-        ("EDGECAP_SHIM_FAIL_MATCH".into(), matching.into()),
-    ];
+    daemon.env = shim_env(&shim, &trigger, ops, matching);
     daemon.restart();
     let lines: Vec<String> = (0..500).map(|i| event_line("t", i)).collect();
     let acked = acked_seqs(&request(&daemon.socket, &lines));
@@ -896,17 +913,13 @@ fn cursor_write_failure_ends_the_process_non_zero_and_a_restart_forwards_on() {
         daemon.status()["forwarded_seq"].as_u64() >= first.last().copied()
     });
     daemon.terminate();
-    daemon.env = vec![
-        ("LD_PRELOAD".into(), shim.display().to_string()),
-        ("EDGECAP_SHIM_FAIL_IF".into(), trigger.display().to_string()),
-        ("EDGECAP_SHIM_FAIL_MATCH".into(), ".cursor".into()),
-    ];
+    daemon.env = shim_env(&shim, &trigger, "sync", ".cursor");
     daemon.restart();
     let second = acked_seqs(&request(&daemon.socket, &[event_line("t", 2)]));
     std::fs::write(&trigger, b"").unwrap();
     // The next cursor write fails: this event's forwarding makes one (its own ack may or may
     // not come before the fault).
-    request(&daemon.socket, &[event_line("t", 3)]);
+    send_ignoring_errors(&daemon.socket, &event_line("t", 3));
     let status = wait_exit(&mut daemon, Duration::from_secs(20));
     assert!(
         !status.success(),
@@ -925,7 +938,7 @@ fn cursor_write_failure_ends_the_process_non_zero_and_a_restart_forwards_on() {
     assert!(sub.seqs().contains(&second[0]));
 }
 
-/// A cursor file that cannot be created (its fsync fails, as on a full disk) damages nothing:
+/// A cursor file that cannot be created for lack of space (ENOSPC from its fsync) damages nothing:
 /// it is retried, forwarding goes on, and the daemon does not exit into a crash loop (every
 /// restart would fail the same way). Once the file can be written it is, and the error clears.
 #[test]
@@ -943,11 +956,10 @@ fn first_cursor_that_cannot_be_created_is_retried_not_a_crash_loop() {
     let mut config = std::fs::read_to_string(&daemon.config).unwrap();
     config.push_str(&upstream_config(broker.port));
     std::fs::write(&daemon.config, config).unwrap();
-    daemon.env = vec![
-        ("LD_PRELOAD".into(), shim.display().to_string()),
-        ("EDGECAP_SHIM_FAIL_IF".into(), trigger.display().to_string()),
-        ("EDGECAP_SHIM_FAIL_MATCH".into(), ".cursor".into()),
-    ];
+    daemon.env = shim_env(&shim, &trigger, "sync", ".cursor");
+    daemon
+        .env
+        .push(("EDGECAP_SHIM_ERRNO".into(), "ENOSPC".into()));
     daemon.restart();
     let acked = acked_seqs(&request(&daemon.socket, &[event_line("t", 1)]));
     wait_until(
@@ -958,7 +970,7 @@ fn first_cursor_that_cannot_be_created_is_retried_not_a_crash_loop() {
     wait_until("the cursor error reported", Duration::from_secs(20), || {
         daemon.status()["current_error"]
             .as_str()
-            .is_some_and(|e| e.contains("forward cursor"))
+            .is_some_and(|e| e.contains("cursor file (retrying)"))
     });
     assert!(
         daemon.try_wait().is_none(),

@@ -521,7 +521,18 @@ fn publish_stdin_sends_each_line_without_waiting_for_more_input() {
         }
     }
     drop(stdin);
-    let status = child.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("edgecap publish did not end within 20 s of its stdin closing");
+        }
+        std::thread::park_timeout(Duration::from_millis(10));
+    };
     reader.join().unwrap();
     assert_eq!(
         replies.len(),

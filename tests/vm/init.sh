@@ -78,24 +78,38 @@ max_backoff_ms = 1000
 EOF
 
 say "BOOTED uptime=$(cut -d' ' -f1 /proc/uptime)"
-edgecap run --config /etc/edgecap.toml >/dev/ttyS0 2>&1 &
-daemon=$!
-# The status reply comes once recovery is done and the socket is bound (at most 60 s).
-wait_for 1200 edgecap status --socket /run/edgecap.sock --json >/tmp/status || die "daemon not ready"
+# What the cut left, read-only, before anything repairs it (the host checks that no cursor is
+# ahead of the last readable seq). On the first boot there is no data directory yet (rc 2).
+edgecap log verify --json --dir /data/log >/tmp/pre 2>/dev/null
+say "PREVERIFY rc=$? $(head -c 65536 /tmp/pre)"
+
+# start_daemon: `edgecap run` in the background ($daemon), ready once it answers a status
+# request: recovery is done and the socket bound (at most 60 s).
+start_daemon() {
+  edgecap run --config /etc/edgecap.toml >/dev/ttyS0 2>&1 &
+  daemon=$!
+  wait_for 1200 edgecap status --socket /run/edgecap.sock --json >/tmp/status || die "daemon not ready"
+}
+say "STARTING uptime=$(cut -d' ' -f1 /proc/uptime)"
+start_daemon
+say "RECOVERED uptime=$(cut -d' ' -f1 /proc/uptime)"
 say "STATUS $(cat /tmp/status)"
+# The daemon's own recovery ran at that start; stop it cleanly so that verify reads a log no
+# one is writing (a cursor slot being rewritten could be read torn).
+kill -TERM "$daemon"
+wait "$daemon"
+say "STOPPED rc=$?"
 edgecap log verify --dir /data/log >/tmp/verify 2>&1
 say "VERIFY rc=$?"
 while read -r line; do say "VERIFY| $line"; done </tmp/verify
-say "READY uptime=$(cut -d' ' -f1 /proc/uptime)"
 
 if [ "$mode" = check ]; then
-  kill -TERM "$daemon"
-  wait "$daemon"
-  say "STOPPED rc=$?"
   umount /data || die "umount"
   say "DONE"
   poweroff -f
 fi
+start_daemon
+say "READY uptime=$(cut -d' ' -f1 /proc/uptime)"
 
 # Status samples on one connection (a process per sample is slow under emulation), each
 # stamped with the uptime at which its reply was read, so the host can tell what was durable

@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use edgecap_storage::{Error, Log, LogOptions, RecoveryReport};
+use edgecap_storage::{Error, Event, Log, LogOptions, RecoveryReport};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::EXIT_INVALID;
+use crate::clock::Corrections;
 use crate::json::event_json;
 
 #[derive(Debug, Subcommand)]
@@ -128,18 +129,7 @@ fn dump(dir: &Path, from: Option<u64>, to: Option<u64>) -> ExitCode {
         match item {
             Ok(event) if event.seq > to => break,
             Ok(event) => {
-                let mut json = event_json(&event, None);
-                let (wall, trusted) = corrections.correct(
-                    event.boot_id,
-                    event.mono_ms,
-                    event.wall_ms,
-                    event.clock_synced,
-                );
-                if wall != event.wall_ms {
-                    json["ts_captured"] = json["ts"].take();
-                    json["ts"] = crate::clock::format_rfc3339_ms(wall).into();
-                }
-                json["ts_trusted"] = trusted.into();
+                let json = dump_json(&event, &corrections);
                 if writeln!(out, "{json}").is_err() {
                     return ExitCode::SUCCESS; // stdout closed (e.g. `| head`)
                 }
@@ -227,4 +217,22 @@ fn verify(dir: &Path, json: bool) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// A stored event as `log dump` prints it: `ts` corrected for the clock steps recorded after
+/// its capture (the captured one kept as `ts_captured` when they differ) and `ts_trusted`.
+pub fn dump_json(event: &Event, corrections: &Corrections) -> serde_json::Value {
+    let mut json = event_json(event, None);
+    let (wall, trusted) = corrections.correct(
+        event.boot_id,
+        event.mono_ms,
+        event.wall_ms,
+        event.clock_synced,
+    );
+    if wall != event.wall_ms {
+        json["ts_captured"] = json["ts"].take();
+        json["ts"] = crate::clock::format_rfc3339_ms(wall).into();
+    }
+    json["ts_trusted"] = trusted.into();
+    json
 }

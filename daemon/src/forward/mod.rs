@@ -769,7 +769,8 @@ impl Coordinator {
     }
 
     /// Writes the cursor if it moved (off the async workers: it fsyncs). A cursor that cannot
-    /// be written ends the process.
+    /// be updated ends the process; one whose file cannot be created for lack of space is
+    /// retried (see below).
     async fn persist(&mut self) {
         let Some(cursor) = self.window.to_persist() else {
             return;
@@ -788,7 +789,7 @@ impl Coordinator {
             // Creating the first cursor file failed (a full disk) and damaged nothing: a
             // restart could not do better (it would fail the same way and loop), and the worst
             // a crash now costs is resending from the last persisted cursor. Retried each time.
-            Ok(Err(e @ edgecap_storage::Error::Io { .. })) if self.fwd.log.poisoned().is_none() => {
+            Ok(Err(e)) if no_space(&e) && self.fwd.log.poisoned().is_none() => {
                 self.cursor_not_created(e)
             }
             Ok(Err(e)) => self.fatal(format!("cannot persist the forward cursor: {e}")),
@@ -797,6 +798,7 @@ impl Coordinator {
     }
 
     fn cursor_not_created(&mut self, error: edgecap_storage::Error) {
+        debug_assert!(no_space(&error));
         let message = format!("cannot create the forward cursor file (retrying): {error}");
         if !std::mem::replace(&mut self.cursor_unwritten, true) {
             tracing::warn!("{message}");
@@ -853,6 +855,14 @@ fn ack_decision(ack: Generation, current: Generation, up: bool) -> AckDecision {
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
+}
+
+/// A full file system or quota: the only cursor-file creation failure worth retrying (any
+/// other I/O error is a fault of the medium, fatal like a failed sync).
+fn no_space(error: &edgecap_storage::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(error, edgecap_storage::Error::Io { source, .. }
+        if matches!(source.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded))
 }
 
 #[cfg(test)]

@@ -583,3 +583,20 @@ fn file_named_past_seq_max_does_not_move_the_next_seq() {
     let (log, _) = Log::open(dir.path(), tiny_options()).expect("opens");
     assert_eq!(log.append(event("next")).unwrap(), 4);
 }
+
+// Review of the fuzzing fixes: a CRC-valid cursor slot with a generation at u64::MAX made the
+// next cursor write overflow `generation + 1` (a panic, or a wrap that let the old slot win).
+// A generation past GENERATION_MAX is damage like a seq past SEQ_MAX.
+#[test]
+fn cursor_generation_at_u64_max_is_a_bad_slot_not_an_overflow() {
+    let dir = TempDir::new().unwrap();
+    write_events(dir.path(), 3);
+    let mut bytes = encode_slot(u64::MAX - 1, 2).to_vec();
+    bytes.extend_from_slice(&encode_slot(u64::MAX, 2));
+    fs::write(dir.path().join("forward.cursor"), bytes).unwrap();
+    let (log, _) = Log::open(dir.path(), tiny_options()).expect("opens");
+    log.set_cursor("forward", 3).expect("the cursor moves");
+    drop(log);
+    let (log, _) = Log::open(dir.path(), tiny_options()).expect("reopens");
+    assert_eq!(log.cursor("forward"), Some(3), "the cursor went back");
+}

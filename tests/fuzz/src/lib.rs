@@ -433,19 +433,7 @@ pub fn verify_and_dump(dir: &Path, bytes_on_disk: u64) -> Option<RecoveryReport>
     let _ = serde_json::to_value(&report);
     let corrections = edgecap::cli::state::corrections(&log, dir);
     read_all(&log, bytes_on_disk, |event| {
-        let mut json = edgecap::json::event_json(&event, None);
-        let (wall, trusted) = corrections.correct(
-            event.boot_id,
-            event.mono_ms,
-            event.wall_ms,
-            event.clock_synced,
-        );
-        if wall != event.wall_ms {
-            json["ts_captured"] = json["ts"].take();
-            json["ts"] = edgecap::clock::format_rfc3339_ms(wall).into();
-        }
-        json["ts_trusted"] = trusted.into();
-        let _ = json.to_string();
+        let _ = edgecap::cli::log::dump_json(&event, &corrections).to_string();
     });
     Some(report)
 }
