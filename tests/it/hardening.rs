@@ -898,15 +898,41 @@ fn drop_event_is_durable_with_the_batch_that_caused_it() {
     );
 }
 
+/// The shim, its trigger file (absent), a broker and a subscriber to the daemon's events: what
+/// the cursor-fault tests start from. `None` (reason printed) without a C compiler.
+struct ShimRig {
+    shim: PathBuf,
+    trigger: PathBuf,
+    broker: Broker,
+    sub: Subscriber,
+}
+
+impl ShimRig {
+    fn start(root: &Path) -> Option<ShimRig> {
+        let shim = build_shim(root)?;
+        let broker = Broker::start(root);
+        let sub = Subscriber::start(broker.port, "edgecap/dev1/events/#");
+        Some(ShimRig {
+            shim,
+            trigger: root.join("fail-now"),
+            broker,
+            sub,
+        })
+    }
+}
+
 #[test]
 fn cursor_write_failure_ends_the_process_non_zero_and_a_restart_forwards_on() {
     let root = tempfile::tempdir().unwrap();
-    let Some(shim) = build_shim(root.path()) else {
+    let Some(ShimRig {
+        shim,
+        trigger,
+        broker,
+        sub,
+    }) = ShimRig::start(root.path())
+    else {
         return;
     };
-    let broker = Broker::start(root.path());
-    let sub = Subscriber::start(broker.port, "edgecap/dev1/events/#");
-    let trigger = root.path().join("fail-now");
     let mut daemon = Daemon::start(root.path(), &upstream_config(broker.port));
     let first = acked_seqs(&request(&daemon.socket, &[event_line("t", 1)]));
     wait_until("the cursor persisted", Duration::from_secs(20), || {
@@ -944,12 +970,15 @@ fn cursor_write_failure_ends_the_process_non_zero_and_a_restart_forwards_on() {
 #[test]
 fn first_cursor_that_cannot_be_created_is_retried_not_a_crash_loop() {
     let root = tempfile::tempdir().unwrap();
-    let Some(shim) = build_shim(root.path()) else {
+    let Some(ShimRig {
+        shim,
+        trigger,
+        broker,
+        sub,
+    }) = ShimRig::start(root.path())
+    else {
         return;
     };
-    let broker = Broker::start(root.path());
-    let sub = Subscriber::start(broker.port, "edgecap/dev1/events/#");
-    let trigger = root.path().join("fail-now");
     std::fs::write(&trigger, b"").unwrap();
     let mut daemon = Daemon::start(root.path(), "");
     daemon.terminate();
