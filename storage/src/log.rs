@@ -163,7 +163,11 @@ struct Shared {
     read_only: bool,
     segments: RwLock<Vec<Arc<Segment>>>,
     writer: Mutex<Writer>,
-    sync_lock: Mutex<()>,
+    /// True while one appender (the leader) runs a sync for everyone: the others wait on
+    /// `sync_done` instead of queueing on a lock, so a newcomer cannot barge in and sync its
+    /// one event while a crowd waits (group commit that does group).
+    sync_leader: Mutex<bool>,
+    sync_done: Condvar,
     appended_seq: AtomicU64,
     durable_seq: AtomicU64,
     durable_changed: Condvar,
@@ -173,6 +177,17 @@ struct Shared {
     dropped_events: AtomicU64,
     syncs: AtomicU64,
     drops: Mutex<Vec<DropRecord>>,
+}
+
+/// Ends a sync leadership however the sync ends (error or panic included) and wakes the
+/// waiters: a leader that vanished would leave them waiting forever.
+struct SyncLead<'a>(&'a Shared);
+
+impl Drop for SyncLead<'_> {
+    fn drop(&mut self) {
+        *lock(&self.0.sync_leader) = false;
+        self.0.sync_done.notify_all();
+    }
 }
 
 /// The segment log. Cheap to clone: clones share one log.
@@ -261,7 +276,8 @@ impl Log {
                 frame: Vec::with_capacity(frame_bytes(options.record_bytes_max) as usize),
             }),
             options,
-            sync_lock: Mutex::new(()),
+            sync_leader: Mutex::new(false),
+            sync_done: Condvar::new(),
             appended_seq: AtomicU64::new(durable),
             durable_seq: AtomicU64::new(durable),
             durable_changed: Condvar::new(),
@@ -327,17 +343,37 @@ impl Log {
     }
 
     /// Returns once every event up to `seq` is durable (group commit: one sync serves every
-    /// appender waiting at the time).
+    /// appender waiting at the time). The first caller that finds no sync running leads one,
+    /// covering everything appended when it starts; the others wait for it, and each sync
+    /// that ends wakes them all: those covered return, one of the rest leads the next sync.
     pub fn sync_through(&self, seq: u64) -> Result<()> {
         let shared = &*self.shared;
         if shared.durable_seq.load(Ordering::Acquire) >= seq {
             return Ok(());
         }
-        let _sync = lock(&shared.sync_lock);
-        if shared.durable_seq.load(Ordering::Acquire) >= seq {
-            return Ok(());
+        let mut leader = lock(&shared.sync_leader);
+        loop {
+            if shared.durable_seq.load(Ordering::Acquire) >= seq {
+                return Ok(());
+            }
+            self.check_poison()?;
+            if !*leader {
+                break;
+            }
+            leader = shared
+                .sync_done
+                .wait(leader)
+                .unwrap_or_else(|e| e.into_inner());
         }
-        self.check_poison()?;
+        *leader = true;
+        drop(leader);
+        let _lead = SyncLead(shared);
+        self.lead_sync(seq)
+    }
+
+    /// The leader's sync: everything appended so far.
+    fn lead_sync(&self, seq: u64) -> Result<()> {
+        let shared = &*self.shared;
         let (target, active, end) = {
             let _writer = lock(&shared.writer);
             let active = self.active_segment();
