@@ -53,7 +53,12 @@ impl Daemon {
         );
         std::fs::write(&config, text).expect("write the daemon config");
         let log = root.join(format!("{name}.log"));
-        let stderr = std::fs::File::create(&log).expect("daemon log file");
+        // Appended to: a restart under the same name keeps the first run's lines.
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("daemon log file");
         let mut command = Command::new(std::env::current_exe().expect("own path"));
         command
             .args(["__edgecap", "run", "--config"])
@@ -123,6 +128,8 @@ impl Drop for Daemon {
 
 /// Spawns `command` so that the kernel kills it when this process dies: the bench is built
 /// with panic = "abort", so no destructor stops a broker or daemon after a failed assertion.
+/// The signal comes when the spawning *thread* ends: call this from a thread that lives as
+/// long as the child (never from tokio's blocking pool, whose threads end when idle).
 pub fn spawn_tied(mut command: Command) -> Child {
     // SAFETY: prctl(2) is async-signal-safe; nothing else runs between fork and exec.
     unsafe {

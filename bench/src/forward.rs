@@ -109,18 +109,13 @@ fn drain(root: &Path, events: u64, runtime: &tokio::runtime::Runtime) -> f64 {
     daemon.stop();
     let _broker = Mosquitto::start(root, port);
     eprintln!("forwarding: draining");
-    runtime.block_on(async {
-        let mut subscriber = Subscriber::start(port, "edgecap/bench/events/#").await;
-        let start = Instant::now();
-        let root = root.to_path_buf();
-        let daemon =
-            tokio::task::spawn_blocking(move || Daemon::start(&root, name, "always", Some(port)));
-        let daemon = daemon.await.expect("start");
-        subscriber.wait_for(events, DELIVERY_DEADLINE).await;
-        let elapsed = start.elapsed();
-        tokio::task::spawn_blocking(move || daemon.stop())
-            .await
-            .expect("stop");
-        rate(events, elapsed)
-    })
+    let mut subscriber = runtime.block_on(Subscriber::start(port, "edgecap/bench/events/#"));
+    // Started on this thread: PR_SET_PDEATHSIG fires when the spawning *thread* ends, and a
+    // blocking-pool thread ends after ten idle seconds, killing a daemon it started.
+    let start = Instant::now();
+    let daemon = Daemon::start(root, name, "always", Some(port));
+    runtime.block_on(subscriber.wait_for(events, DELIVERY_DEADLINE));
+    let elapsed = start.elapsed();
+    daemon.stop();
+    rate(events, elapsed)
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
-use crate::limits::{CLOCK_CHECK_INTERVAL_MS, CLOCK_STEP_THRESHOLD_MS};
+use crate::limits::{CLOCK_CHECK_FALLBACK_MS, CLOCK_CHECK_INTERVAL_MS, CLOCK_STEP_THRESHOLD_MS};
 use crate::system::SystemEvent;
 use crate::writer;
 
@@ -181,35 +181,151 @@ pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
 /// Watches for wall-clock steps (NTP sync after boot on a Pi without RTC): when the offset
 /// between the wall clock and the boot-time clock moves by more than
 /// `CLOCK_STEP_THRESHOLD_MS`, stores a `system` clock_step event with the offset, so earlier
-/// timestamps of this boot can be corrected.
+/// timestamps of this boot can be corrected. The kernel says when the clock is set (a timerfd
+/// with `TFD_TIMER_CANCEL_ON_SET`), so an idle daemon is not woken to look; a slow check every
+/// `CLOCK_CHECK_FALLBACK_MS` stays as a backstop (every `CLOCK_CHECK_INTERVAL_MS` where no
+/// timerfd can be made).
 pub async fn watch_steps(writer: writer::WriterHandle, mut shutdown: watch::Receiver<bool>) {
     let offset = || crate::clock::wall_ms() - crate::clock::boottime_ms() as i64;
     let mut last = offset();
-    let mut tick = tokio::time::interval(Duration::from_millis(CLOCK_CHECK_INTERVAL_MS));
+    let set_watch = ClockSetWatch::new()
+        .inspect_err(|e| tracing::warn!(error = %e, "no timerfd for clock steps; polling"))
+        .ok();
+    let period = match set_watch {
+        Some(_) => CLOCK_CHECK_FALLBACK_MS,
+        None => CLOCK_CHECK_INTERVAL_MS,
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(period));
     loop {
         tokio::select! {
             _ = crate::wait_true(&mut shutdown) => return,
             _ = tick.tick() => {}
+            set = wait_clock_set(set_watch.as_ref()) => {
+                if let Err(e) = set {
+                    tracing::warn!(error = %e, "clock-set watch failed; checking every {CLOCK_CHECK_FALLBACK_MS} ms");
+                }
+            }
         }
         let now = offset();
         let step = now - last;
         if step.abs() > CLOCK_STEP_THRESHOLD_MS {
-            tracing::info!(offset_ms = step, "wall clock stepped");
-            let system = SystemEvent::ClockStep {
-                offset_ms: step,
-                synced: crate::clock::clock_synced(),
-            };
-            if let Ok(Err(e)) = writer.append(system.into_event()).await.await {
-                tracing::error!(error = %e, "cannot record the clock step");
-            }
+            record_step(&writer, step).await;
         }
         last = now;
     }
 }
 
+async fn record_step(writer: &writer::WriterHandle, step: i64) {
+    tracing::info!(offset_ms = step, "wall clock stepped");
+    let system = SystemEvent::ClockStep {
+        offset_ms: step,
+        synced: crate::clock::clock_synced(),
+    };
+    if let Ok(Err(e)) = writer.append(system.into_event()).await.await {
+        tracing::error!(error = %e, "cannot record the clock step");
+    }
+}
+
+async fn wait_clock_set(watch: Option<&ClockSetWatch>) -> std::io::Result<()> {
+    match watch {
+        Some(watch) => watch.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A `CLOCK_REALTIME` timerfd armed for a far-off absolute time with `TFD_TIMER_CANCEL_ON_SET`:
+/// reading it fails with `ECANCELED` as soon as anyone sets the wall clock (timerfd_create(2)).
+struct ClockSetWatch {
+    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+}
+
+impl ClockSetWatch {
+    fn new() -> std::io::Result<ClockSetWatch> {
+        use std::os::fd::FromRawFd as _;
+        // SAFETY: timerfd_create(2) has no memory arguments; a valid fd is owned from here on.
+        let raw = unsafe {
+            libc::timerfd_create(libc::CLOCK_REALTIME, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC)
+        };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor nothing else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        arm_far_off(&fd)?;
+        // SAFETY: the OwnedFd is moved in and closed only when the AsyncFd drops it, so the
+        // descriptor stays open and the same for the AsyncFd's whole life.
+        let fd = unsafe { tokio::io::unix::AsyncFd::register(fd) }
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(ClockSetWatch { fd })
+    }
+
+    /// Returns when the wall clock was set (and re-arms), or on an error.
+    async fn wait(&self) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd as _;
+        loop {
+            let mut ready = self.fd.readable().await?;
+            let read = ready.try_io(|fd| {
+                let mut expirations = [0u8; 8];
+                // SAFETY: reads at most 8 bytes into a buffer of 8.
+                let n = unsafe { libc::read(fd.as_raw_fd(), expirations.as_mut_ptr().cast(), 8) };
+                if n < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+            match read {
+                Err(_would_block) => continue,
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::ECANCELED) => {
+                    arm_far_off(self.fd.get_ref())?;
+                    return Ok(());
+                }
+                // The far-off time came (ten years of uptime): re-arm.
+                Ok(Ok(())) => arm_far_off(self.fd.get_ref())?,
+                Ok(Err(e)) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Arms `fd` for ten years from now (absolute, cancelled when the clock is set).
+fn arm_far_off(fd: &std::os::fd::OwnedFd) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let now_secs = crate::clock::wall_ms().div_euclid(1000);
+    let far = now_secs.saturating_add(10 * 365 * 86_400);
+    // 32-bit time_t (armv7/armv6 glibc) ends in 2038: the furthest it can say.
+    let far = libc::time_t::try_from(far).unwrap_or(libc::time_t::MAX);
+    let spec = libc::itimerspec {
+        it_interval: libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+        it_value: libc::timespec {
+            tv_sec: far,
+            tv_nsec: 0,
+        },
+    };
+    let flags = libc::TFD_TIMER_ABSTIME | libc::TFD_TIMER_CANCEL_ON_SET;
+    // SAFETY: `spec` outlives the call; a null old-value pointer is allowed.
+    let rc = unsafe { libc::timerfd_settime(fd.as_raw_fd(), flags, &spec, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn clock_set_watch_arms_and_waits_without_firing() {
+        let watch = ClockSetWatch::new().expect("a timerfd");
+        let waited = tokio::time::timeout(Duration::from_millis(50), watch.wait()).await;
+        assert!(
+            waited.is_err(),
+            "the watch fired without a clock set: {waited:?}"
+        );
+    }
 
     #[test]
     fn rfc3339_round_trip() {

@@ -167,8 +167,12 @@ pub const SNAPSHOTS_KEPT: usize = 3;
 /// Largest snapshot accepted: 64 MiB (a corrupt length never makes us allocate more).
 pub const SNAPSHOT_BYTES_MAX: usize = 64 << 20;
 
-/// How often the clock-step watcher compares the wall clock with `CLOCK_BOOTTIME`: 1 s.
+/// How often the clock-step watcher compares the wall clock with `CLOCK_BOOTTIME` where no
+/// timerfd can tell it that the clock was set: 1 s.
 pub const CLOCK_CHECK_INTERVAL_MS: u64 = 1000;
+/// The backstop check beside the timerfd that reports clock sets: 60 s (an idle daemon wakes
+/// once a minute for it; a step is still recorded within a minute if the kernel said nothing).
+pub const CLOCK_CHECK_FALLBACK_MS: u64 = 60_000;
 /// A wall-clock jump larger than this (beyond normal NTP slewing) is a step: 1 s.
 pub const CLOCK_STEP_THRESHOLD_MS: i64 = 1000;
 

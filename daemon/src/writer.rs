@@ -205,19 +205,28 @@ fn run(
 }
 
 /// Under `always`, syncs everything appended (the batch and the drop events it caused);
-/// on failure every answer of the batch becomes the error: none of it is acknowledged.
+/// under `interval`, writes it to the page cache (the log buffers appends), so that a process
+/// kill keeps what was answered. On failure every answer of the batch becomes the error: none
+/// of it is acknowledged.
 fn make_durable(
     log: &Log,
     policy: SyncPolicy,
     batch: &mut [(AppendResult, oneshot::Sender<AppendResult>)],
 ) -> Result<(), String> {
-    if policy != SyncPolicy::Always || batch.iter().all(|(r, _)| r.is_err()) {
+    if batch.iter().all(|(r, _)| r.is_err()) {
         return Ok(());
     }
-    let Err(e) = log.sync_through(log.appended_seq()) else {
+    let (result, what) = match policy {
+        SyncPolicy::Always => (
+            log.sync_through(log.appended_seq()),
+            "sync failed, event not stored durably",
+        ),
+        SyncPolicy::Interval => (log.flush(), "write failed, event not stored"),
+    };
+    let Err(e) = result else {
         return Ok(());
     };
-    let message = format!("sync failed, event not stored durably: {e}");
+    let message = format!("{what}: {e}");
     for (result, _) in batch.iter_mut() {
         if result.is_ok() {
             *result = Err(message.clone());

@@ -30,7 +30,7 @@ use crate::limits::{
     CURSORS_MAX, DISK_BYTES_MAX_DEFAULT, FRAME_ALIGN_BYTES, FRAME_HEADER_BYTES, PAGE_BYTES,
     RECORD_PAYLOAD_BYTES_MAX_DEFAULT, RECORD_PAYLOAD_BYTES_MAX_FORMAT, SEGMENTS_IN_BUDGET_MIN,
     SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, SEGMENT_DATA_START,
-    SEGMENT_TRAILER_BYTES,
+    SEGMENT_TRAILER_BYTES, WRITE_BUFFER_BYTES,
 };
 use crate::medium::{FsMedium, Medium};
 use crate::record::{encode_frame, frame_bytes};
@@ -153,7 +153,25 @@ struct Writer {
     next_seq: u64,
     /// Reused encode buffer, `record_bytes_max` long: no allocation per append.
     payload: Vec<u8>,
-    frame: Vec<u8>,
+    /// Frames of the active segment appended but not yet written (write-behind): they start
+    /// at file offset `pending_offset`, which is the segment's `end_offset()`. Bounded by
+    /// `WRITE_BUFFER_BYTES` (or one frame, when a frame is larger); see `flush_pending`.
+    pending: Vec<u8>,
+    pending_offset: u64,
+    /// (seq, offset, end) of each buffered frame: noted in the segment only once written, so
+    /// readers, resyncs and tail copies never look at bytes that are not in the file yet.
+    pending_frames: Vec<(u64, u64, u64)>,
+}
+
+impl Writer {
+    /// Where the next frame of `segment` (the active one) goes.
+    fn next_offset(&self, segment: &Segment) -> u64 {
+        if self.pending.is_empty() {
+            segment.end_offset()
+        } else {
+            self.pending_offset + self.pending.len() as u64
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -177,6 +195,23 @@ struct Shared {
     dropped_events: AtomicU64,
     syncs: AtomicU64,
     drops: Mutex<Vec<DropRecord>>,
+}
+
+impl Drop for Shared {
+    /// Buffered frames reach the file (not the disk) when the last handle goes, as they did
+    /// when every append was its own write: dropping a log without a sync keeps them across a
+    /// process exit, not across a power cut.
+    fn drop(&mut self) {
+        let writer = self.writer.get_mut().unwrap_or_else(|e| e.into_inner());
+        let poisoned = self.poisoned.get_mut().unwrap_or_else(|e| e.into_inner());
+        if self.read_only || poisoned.is_some() || writer.pending.is_empty() {
+            return;
+        }
+        let segments = self.segments.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(active) = segments.last() {
+            let _ = active.file.write_at(writer.pending_offset, &writer.pending);
+        }
+    }
 }
 
 /// Ends a sync leadership however the sync ends (error or panic included) and wakes the
@@ -273,7 +308,11 @@ impl Log {
             writer: Mutex::new(Writer {
                 next_seq,
                 payload: vec![0; options.record_bytes_max],
-                frame: Vec::with_capacity(frame_bytes(options.record_bytes_max) as usize),
+                pending: Vec::with_capacity(
+                    WRITE_BUFFER_BYTES.max(frame_bytes(options.record_bytes_max) as usize),
+                ),
+                pending_offset: 0,
+                pending_frames: Vec::new(),
             }),
             options,
             sync_leader: Mutex::new(false),
@@ -321,22 +360,29 @@ impl Log {
         };
         let frame_len = frame_bytes(payload_bytes);
         let mut active = self.active_segment();
-        if active.end_offset() + frame_len > active.data_end {
+        if writer.next_offset(&active) + frame_len > active.data_end {
             self.rotate(&mut writer)?;
             active = self.active_segment();
         }
-        let offset = active.end_offset();
-        assert!(active.appendable() && offset + frame_len <= active.data_end);
-        let Writer { payload, frame, .. } = &mut *writer;
-        frame.clear();
-        encode_frame(seq, &payload[..payload_bytes], frame);
-        assert_eq!(frame.len() as u64, frame_len);
-        if let Err(e) = active.file.write_at(offset, frame) {
-            let message = format!("write to {} failed: {e}", active.name);
-            self.poison(message.clone());
-            return Err(Error::Poisoned(message));
+        if writer.pending.len() as u64 + frame_len > WRITE_BUFFER_BYTES as u64 {
+            self.flush_pending(&mut writer, &active)?;
         }
-        active.note_frame(seq, offset, offset + frame_len);
+        let offset = writer.next_offset(&active);
+        assert!(active.appendable() && offset + frame_len <= active.data_end);
+        if writer.pending.is_empty() {
+            writer.pending_offset = offset;
+        }
+        let Writer {
+            payload, pending, ..
+        } = &mut *writer;
+        encode_frame(seq, &payload[..payload_bytes], pending);
+        assert_eq!(
+            pending.len() as u64,
+            offset + frame_len - writer.pending_offset
+        );
+        writer
+            .pending_frames
+            .push((seq, offset, offset + frame_len));
         shared.appended_seq.store(seq, Ordering::Release);
         writer.next_seq = seq + 1;
         Ok(seq)
@@ -371,12 +417,53 @@ impl Log {
         self.lead_sync(seq)
     }
 
+    /// Writes the buffered frames (one `pwrite`) to the active segment `segment`; they are in
+    /// the page cache afterwards, not durable. A failure poisons the writer.
+    fn flush_pending(&self, writer: &mut Writer, segment: &Segment) -> Result<()> {
+        if writer.pending.is_empty() {
+            return Ok(());
+        }
+        assert_eq!(
+            writer.pending_offset,
+            segment.end_offset(),
+            "buffered frames start where the segment's written frames end"
+        );
+        if let Err(e) = segment
+            .file
+            .write_at(writer.pending_offset, &writer.pending)
+        {
+            let message = format!("write to {} failed: {e}", segment.name);
+            self.poison(message.clone());
+            return Err(Error::Poisoned(message));
+        }
+        for &(seq, offset, end) in &writer.pending_frames {
+            segment.note_frame(seq, offset, end);
+        }
+        writer.pending.clear();
+        writer.pending_frames.clear();
+        Ok(())
+    }
+
+    /// Writes every appended frame to its file (the page cache), without a sync: what a
+    /// process kill, unlike a power cut, cannot take back. The daemon calls it before it
+    /// answers under `sync = "interval"`.
+    pub fn flush(&self) -> Result<()> {
+        if self.shared.read_only {
+            return Ok(());
+        }
+        let mut writer = lock(&self.shared.writer);
+        self.check_poison()?;
+        let active = self.active_segment();
+        self.flush_pending(&mut writer, &active)
+    }
+
     /// The leader's sync: everything appended so far.
     fn lead_sync(&self, seq: u64) -> Result<()> {
         let shared = &*self.shared;
         let (target, active, end) = {
-            let _writer = lock(&shared.writer);
+            let mut writer = lock(&shared.writer);
             let active = self.active_segment();
+            self.flush_pending(&mut writer, &active)?;
             let end = active.end_offset();
             (shared.appended_seq.load(Ordering::Acquire), active, end)
         };
@@ -521,12 +608,20 @@ impl Log {
 
     /// Counters for status reports.
     pub fn stats(&self) -> LogStats {
+        // The writer before the segments (the order `append` takes them in); buffered frames
+        // are not noted in any segment yet, but they are stored events.
+        let (appended_seq, first_buffered) = {
+            let writer = lock(&self.shared.writer);
+            (
+                self.appended_seq(),
+                writer.pending_frames.first().map(|f| f.0),
+            )
+        };
         let segments = self
             .shared
             .segments
             .read()
             .unwrap_or_else(|e| e.into_inner());
-        let appended_seq = self.appended_seq();
         LogStats {
             appended_seq,
             durable_seq: self.durable_seq(),
@@ -534,6 +629,7 @@ impl Log {
                 .iter()
                 .find(|s| s.record_count() > 0)
                 .map(|s| s.first_seq)
+                .or(first_buffered)
                 .unwrap_or(appended_seq + 1),
             segments: segments.len(),
             disk_bytes: segments.iter().map(|s| s.file.len()).sum(),
@@ -590,6 +686,7 @@ impl Log {
     fn rotate(&self, writer: &mut Writer) -> Result<()> {
         let shared = &*self.shared;
         let active = self.active_segment();
+        self.flush_pending(writer, &active)?;
         self.sync_segment(&active, active.end_offset())?;
         self.set_durable(shared.appended_seq.load(Ordering::Acquire));
         // Every frame is durable now: the seal lets later opens skip scanning this segment.
@@ -843,6 +940,10 @@ impl Iterator for Reader {
     type Item = Result<Event>;
 
     fn next(&mut self) -> Option<Result<Event>> {
+        // Every seq it could serve is past the durable one: stop before scanning towards it.
+        if self.next_seq > self.shared.durable_seq.load(Ordering::Acquire) {
+            return None;
+        }
         let (segment, offset) = self.locate()?;
         // Durability is checked after locate: it may have jumped a gap to a later seq.
         let seq = self.next_seq;

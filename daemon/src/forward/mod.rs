@@ -232,7 +232,8 @@ impl Forwarder {
                     fault.maybe_block_async().await;
                     let _ = ping.send(());
                 }
-                _ = persist_tick.tick() => c.persist().await,
+                // Polled only while there is something to write: an idle link wakes nobody.
+                _ = persist_tick.tick(), if c.window.to_persist().is_some() => c.persist().await,
             }
         }
         c.persist().await;

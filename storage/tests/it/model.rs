@@ -284,3 +284,10 @@ fn seqs_cut_by_a_crash_are_not_counted_as_unreported_drops_when_retired() {
 fn a_durable_seq_standing_over_a_crash_gap_is_not_taken_for_lost_synced_events() {
     run(232_851_275).unwrap();
 }
+
+/// Issue 11 write-behind: a reader asked for a seq past the durable one marked the buffered,
+/// unwritten frames as a hole (see regressions.rs).
+#[test]
+fn a_reader_past_the_durable_seq_hides_no_buffered_frame() {
+    run(232_849_408).unwrap();
+}
