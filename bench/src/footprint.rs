@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use edgecap_storage::Log;
 
 use crate::broker::{free_port, Mosquitto};
-use crate::daemon::{ack_latencies, context_switches, device_bytes_written, rss_anon_kib, Daemon};
+use crate::daemon::{
+    ack_latencies, context_switches, device_bytes_written, rss_anon_kib, switches_between, Daemon,
+};
 use crate::report::{thousands, Report};
 use crate::scratch::ScratchFs;
 use crate::storage::{fresh_dir, log_options, probe_event, probe_payload};
@@ -160,8 +162,8 @@ pub fn idle_wakeups(report: &mut Report, scale: &Scale, root: &Path) {
         let before = context_switches(daemon.pid());
         let start = Instant::now();
         std::thread::sleep(Duration::from_secs(scale.idle_secs));
-        let per_s =
-            (context_switches(daemon.pid()) - before) as f64 / start.elapsed().as_secs_f64();
+        let after = context_switches(daemon.pid());
+        let per_s = switches_between(&before, &after) as f64 / start.elapsed().as_secs_f64();
         daemon.stop();
         report.figure(key, per_s);
         let what = if upstream.is_some() {
