@@ -145,6 +145,11 @@ async fn receive(
                 let json: serde_json::Value =
                     serde_json::from_slice(&publish.payload).expect("JSON payload");
                 let seq = json["seq"].as_u64().expect("a seq in every payload");
+                // Only the producers' sensor events count (and serve as the template): the
+                // daemon's own system events (start, stop, recovery) are not the workload.
+                if json["kind"] != "sensor" {
+                    continue;
+                }
                 first
                     .lock()
                     .expect("lock")
@@ -187,14 +192,19 @@ pub async fn raw_publisher(
         }
     });
     let start = Instant::now();
-    for seq in 1..=n {
-        json["seq"] = seq.into();
-        let bytes = serde_json::to_vec(&json).expect("JSON");
-        client
-            .publish(&topic, QoS::AtLeastOnce, false, bytes)
-            .await
-            .expect("publish");
-    }
+    let publish_all = async {
+        for seq in 1..=n {
+            json["seq"] = seq.into();
+            let bytes = serde_json::to_vec(&json).expect("JSON");
+            client
+                .publish(&topic, QoS::AtLeastOnce, false, bytes)
+                .await
+                .expect("publish");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(600), publish_all)
+        .await
+        .expect("the raw publisher could not queue its messages within 600 s");
     subscriber.wait_for(n, Duration::from_secs(600)).await;
     let elapsed = start.elapsed();
     poller.abort();

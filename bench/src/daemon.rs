@@ -168,8 +168,15 @@ pub fn produce(socket: &Path, producers: u64, events: u64) -> Duration {
     start.elapsed()
 }
 
+/// How long a producer waits for one reply before the bench fails (a wedged daemon must not
+/// hang the run).
+const REPLY_DEADLINE: Duration = Duration::from_secs(120);
+
 fn producer(socket: &Path, events: u64, barrier: &std::sync::Barrier) {
     let stream = UnixStream::connect(socket).expect("connect to the daemon");
+    stream
+        .set_read_timeout(Some(REPLY_DEADLINE))
+        .expect("read timeout");
     let mut writer = stream.try_clone().expect("clone the stream");
     let line = event_line();
     barrier.wait();
@@ -193,6 +200,9 @@ fn producer(socket: &Path, events: u64, barrier: &std::sync::Barrier) {
 /// One producer sending one event at a time at `per_s`; the latency of each ack.
 pub fn ack_latencies(socket: &Path, events: u64, per_s: u64) -> Vec<Duration> {
     let mut stream = UnixStream::connect(socket).expect("connect to the daemon");
+    stream
+        .set_read_timeout(Some(REPLY_DEADLINE))
+        .expect("read timeout");
     let mut replies = BufReader::new(stream.try_clone().expect("clone"));
     let line = event_line();
     let pace = Pace::new(per_s);

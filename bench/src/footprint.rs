@@ -194,10 +194,7 @@ pub fn recovery(report: &mut Report, scale: &Scale, root: &Path) {
     let open_ms = start.elapsed().as_secs_f64() * 1e3;
     let records = open_report.records;
     report.figure("open_after_crash_ms", open_ms);
-    report.figure(
-        "recovery_log_bytes",
-        open_report.bytes_scanned.max(scale.log_bytes) as f64,
-    );
+    report.figure("recovery_log_bytes", open_report.bytes_scanned as f64);
     let cache = if cold {
         "cold cache"
     } else {

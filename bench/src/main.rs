@@ -102,7 +102,8 @@ impl Scale {
             forward_events: 100_000,
             drain_events: 1_000_000,
             steady_secs: 10,
-            idle_secs: 10,
+            // Past the 30 s keep-alive and the clock watcher's 60 s backstop: both are counted.
+            idle_secs: 65,
             log_bytes: 1 << 30,
         }
     }
@@ -127,6 +128,8 @@ fn main() -> ExitCode {
     let root = args
         .dir
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data"));
+    scratch::clean_stale(&root.join("edgecap-bench"));
+    scratch::clean_up_on_panic();
     let root = storage::fresh_dir(&root, "edgecap-bench");
     let report = run(&Scale::new(args.quick), &root, args.quick, &args.only);
     let _ = std::fs::remove_dir_all(&root);

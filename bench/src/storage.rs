@@ -1,7 +1,8 @@
 //! The storage contenders, in this process, on the same file system: edgecap's `Log`
 //! (`append` + `sync_through`) at sync batches of 1, 16 and 256 and with 1 to 64 threads each
 //! syncing per event; a plain file (`pwrite` of the same frame bytes + `fdatasync` per batch,
-//! into a preallocated file as edgecap's segments are); and the floor: one 4 KiB
+//! into a preallocated file as edgecap's segments are: one `pwrite` per event, and one per
+//! batch like edgecap's write-behind buffer); and the floor: one 4 KiB
 //! `pwrite` + `fdatasync`, and CRC32 and memcpy speed. SQLite is in `sqlite.rs`.
 
 use std::fs::{File, OpenOptions};
@@ -135,6 +136,27 @@ pub fn plain_batch(root: &Path, events: u64, batch: u64) -> f64 {
         }
     }
     file.sync_data().expect("fdatasync");
+    rate(events, start.elapsed())
+}
+
+/// Events/s of the plain file written the way edgecap writes: the frames of a batch gathered
+/// in memory, one `pwrite` and one `fdatasync` per batch.
+pub fn plain_buffered_batch(root: &Path, events: u64, batch: u64) -> f64 {
+    let dir = fresh_dir(root, "plain-buffered");
+    let frame = vec![7u8; frame_bytes()];
+    let file = preallocated(&dir.join("plain"), events * frame.len() as u64);
+    let mut buffer = Vec::with_capacity(frame.len() * batch as usize);
+    let mut offset = 0;
+    let start = Instant::now();
+    for i in 0..events {
+        buffer.extend_from_slice(&frame);
+        if (i + 1) % batch == 0 || i + 1 == events {
+            file.write_all_at(&buffer, offset).expect("pwrite");
+            file.sync_data().expect("fdatasync");
+            offset += buffer.len() as u64;
+            buffer.clear();
+        }
+    }
     rate(events, start.elapsed())
 }
 

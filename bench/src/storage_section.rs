@@ -53,6 +53,11 @@ pub fn run(report: &mut Report, scale: &Scale, root: &Path) {
     );
     for batch in BATCHES {
         report.ratio(
+            &format!("ratio_vs_plain_buffered_batch{batch}"),
+            &format!("edgecap_batch{batch}_per_s"),
+            &format!("plain_buffered_batch{batch}_per_s"),
+        );
+        report.ratio(
             &format!("ratio_vs_plain_batch{batch}"),
             &format!("edgecap_batch{batch}_per_s"),
             &format!("plain_batch{batch}_per_s"),
@@ -100,6 +105,7 @@ fn batch_contenders(report: &mut Report, scale: &Scale, root: &Path, batch: u64)
     let mut full = || sqlite::batch(&sqlite_dir("sqlite-full"), events, batch, "FULL");
     let mut normal = || sqlite::batch(&sqlite_dir("sqlite-normal"), events, batch, "NORMAL");
     let mut plain = || storage::plain_batch(root, events, batch);
+    let mut plain_buffered = || storage::plain_buffered_batch(root, events, batch);
     let results = interleaved(
         scale.rounds,
         &mut [
@@ -107,9 +113,19 @@ fn batch_contenders(report: &mut Report, scale: &Scale, root: &Path, batch: u64)
             (format!("SQLite WAL FULL batch {batch}"), &mut full),
             (format!("SQLite WAL NORMAL batch {batch}"), &mut normal),
             (format!("plain pwrite+fdatasync batch {batch}"), &mut plain),
+            (
+                format!("plain, one pwrite per batch, batch {batch}"),
+                &mut plain_buffered,
+            ),
         ],
     );
-    let keys = ["edgecap", "sqlite_full", "sqlite_normal", "plain"];
+    let keys = [
+        "edgecap",
+        "sqlite_full",
+        "sqlite_normal",
+        "plain",
+        "plain_buffered",
+    ];
     let edgecap_rate = results[0].1;
     for ((what, value), key) in results.into_iter().zip(keys) {
         report.figure(&format!("{key}_batch{batch}_per_s"), value);

@@ -187,10 +187,11 @@ pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
 /// timerfd can be made).
 pub async fn watch_steps(writer: writer::WriterHandle, mut shutdown: watch::Receiver<bool>) {
     let offset = || crate::clock::wall_ms() - crate::clock::boottime_ms() as i64;
-    let mut last = offset();
-    let set_watch = ClockSetWatch::new()
+    let mut set_watch = ClockSetWatch::new()
         .inspect_err(|e| tracing::warn!(error = %e, "no timerfd for clock steps; polling"))
         .ok();
+    // Read after arming: a clock set in between is seen by the next comparison.
+    let mut last = offset();
     let period = match set_watch {
         Some(_) => CLOCK_CHECK_FALLBACK_MS,
         None => CLOCK_CHECK_INTERVAL_MS,
@@ -202,7 +203,10 @@ pub async fn watch_steps(writer: writer::WriterHandle, mut shutdown: watch::Rece
             _ = tick.tick() => {}
             set = wait_clock_set(set_watch.as_ref()) => {
                 if let Err(e) = set {
-                    tracing::warn!(error = %e, "clock-set watch failed; checking every {CLOCK_CHECK_FALLBACK_MS} ms");
+                    // A watch that fails once would fail at once every time: poll instead.
+                    tracing::warn!(error = %e, "clock-set watch failed; polling every {CLOCK_CHECK_INTERVAL_MS} ms");
+                    set_watch = None;
+                    tick = tokio::time::interval(Duration::from_millis(CLOCK_CHECK_INTERVAL_MS));
                 }
             }
         }

@@ -1,10 +1,12 @@
 //! The log: single writer, many readers, group commit, retention, cursors.
 //!
-//! Durability: `append` writes a frame (pwrite) and returns its seq; the event is *appended*
-//! but not durable. `sync_through(seq)` returns once a sync covers `seq`. Group commit: the
-//! first waiter takes the sync lock, snapshots the highest appended seq and syncs the active
-//! segment once; everyone who appended before that snapshot is covered by that one sync, and
-//! waiters that queued behind the lock find their seq already durable and return at once.
+//! Durability: `append` encodes a frame into the write-behind buffer and returns its seq; the
+//! event is *appended* but not durable. The buffer reaches the file in one pwrite before every
+//! sync and rotation (and on `flush`); only then are its frames noted in the segment.
+//! `sync_through(seq)` returns once a sync covers `seq`. Group commit: the first caller that
+//! finds no sync running leads one (flush, snapshot the highest appended seq, sync the active
+//! segment once); everyone who appended before that snapshot is covered, and the others wait on
+//! a condvar until a sync covers them or it is their turn to lead.
 //! Rotation syncs the old segment before creating the next one, so a later segment always
 //! implies its predecessors are durable, and only the active segment ever holds unsynced bytes.
 //!
