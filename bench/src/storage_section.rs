@@ -36,32 +36,35 @@ pub fn run(report: &mut Report, scale: &Scale, root: &Path) {
     for batch in BATCHES {
         batch_contenders(report, scale, root, batch);
     }
-    report.ratio(
-        "ratio_vs_sqlite_full",
-        "edgecap_batch256_per_s",
-        "sqlite_full_batch256_per_s",
-    );
-    report.ratio(
-        "ratio_vs_sqlite_full_batch1",
-        "edgecap_batch1_per_s",
-        "sqlite_full_batch1_per_s",
-    );
-    report.ratio(
-        "ratio_vs_sqlite_full_batch16",
-        "edgecap_batch16_per_s",
-        "sqlite_full_batch16_per_s",
-    );
+    let ratios = [
+        (
+            "ratio_vs_sqlite_full",
+            "edgecap_batch256_per_s",
+            "sqlite_full_batch256_per_s",
+        ),
+        (
+            "ratio_vs_sqlite_full_batch1",
+            "edgecap_batch1_per_s",
+            "sqlite_full_batch1_per_s",
+        ),
+        (
+            "ratio_vs_sqlite_full_batch16",
+            "edgecap_batch16_per_s",
+            "sqlite_full_batch16_per_s",
+        ),
+    ];
+    for (name, numerator, denominator) in ratios {
+        report.ratio(name, numerator, denominator);
+    }
     for batch in BATCHES {
-        report.ratio(
-            &format!("ratio_vs_plain_buffered_batch{batch}"),
-            &format!("edgecap_batch{batch}_per_s"),
-            &format!("plain_buffered_batch{batch}_per_s"),
-        );
-        report.ratio(
-            &format!("ratio_vs_plain_batch{batch}"),
-            &format!("edgecap_batch{batch}_per_s"),
-            &format!("plain_batch{batch}_per_s"),
-        );
+        let edgecap = format!("edgecap_batch{batch}_per_s");
+        for plain in ["plain", "plain_buffered"] {
+            report.ratio(
+                &format!("ratio_vs_{plain}_batch{batch}"),
+                &edgecap,
+                &format!("{plain}_batch{batch}_per_s"),
+            );
+        }
     }
     for threads in THREADS {
         thread_contenders(report, scale, root, threads);
