@@ -60,10 +60,6 @@ trap print_times EXIT
 section "cargo fmt --check" cargo fmt --all --check
 section "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 section "cargo test (workspace)" cargo test --workspace --no-fail-fast
-# The comparison benchmark's smoke run (docs/PERFORMANCE.md): every contender measured once
-# with small counts, figures printed, no pass or fail on speed. The dev build the tests just
-# made; a user's full run is `cargo run --release -p edgecap-bench`.
-section "bench --quick (smoke)" cargo run -q -p edgecap-bench -- --quick
 
 # ---- BEGIN device builds (issue 5) -------------------------------------------------------
 # The Pi targets built without Docker, their tests under qemu-user, the Debian packages, and
