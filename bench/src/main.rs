@@ -187,23 +187,13 @@ fn describe(report: &mut Report, root: &std::path::Path, quick: bool) {
             .map_or(0, |n| n.get())
             .to_string(),
     );
-    report.set_text(
-        "filesystem",
-        &text("stat", &["-f", "-c", "%T", &root.display().to_string()]),
-    );
+    let filesystem = text("stat", &["-f", "-c", "%T", &root.display().to_string()]);
+    report.set_text("filesystem", &filesystem);
     report.set_text("mode", if quick { "quick" } else { "full" });
-    if report_is_tmpfs(root) {
+    if filesystem == "tmpfs" {
         eprintln!(
             "warning: {} is on tmpfs: fdatasync is free there, the figures mean nothing",
             root.display()
         );
     }
-}
-
-fn report_is_tmpfs(root: &std::path::Path) -> bool {
-    std::process::Command::new("stat")
-        .args(["-f", "-c", "%T"])
-        .arg(root)
-        .output()
-        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "tmpfs")
 }
