@@ -34,6 +34,6 @@ pub use event::{source_from_str, Event, Kind, Source, Value};
 pub use log::{DropRecord, Log, LogOptions, LogStats, OnFull, Reader, LOCK_FILE_NAME};
 pub use recovery::{
     CursorReport, DamageReport, Progress, QuarantineReport, RecoveryReport, SeqRange, TailCut,
-    TailRestore, CUT_MAGIC, CUT_SUFFIX,
+    TailRestore, CUT_MAGIC, CUT_SUFFIX, FLOOR_FILE,
 };
 pub use sim::{CrashStats, SimMedium, SplitMix64};

@@ -40,7 +40,7 @@ use crate::segment::{
     last_nonzero_end, parse_segment_name, Damage, Segment, SegmentHeader, FORMAT_VERSION,
     QUARANTINE_SUFFIX, SEGMENT_SUFFIX,
 };
-use crate::tail::{read_slots, TailSlot};
+use crate::tail::{read_trailer, TailSlot, Trailer};
 
 /// An inclusive range of seqs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -211,6 +211,11 @@ struct Run<'a> {
     seq_floor: u64,
     quarantined_firsts: Vec<u64>,
     cut_files: Vec<String>,
+    /// The value the floor file holds (0: none).
+    floor_persisted: u64,
+    /// The last segment's proof of durability (cursor or tail-page copy): seqs up to it are
+    /// durable in the log itself and need no floor file.
+    tail_proof: u64,
 }
 
 impl Run<'_> {
@@ -225,6 +230,8 @@ struct Listing {
     segments: Vec<(u64, String)>,
     quarantined: Vec<(u64, String)>,
     cursors: Vec<String>,
+    /// Whether the floor file exists.
+    floor: bool,
 }
 
 /// Suffix of the side files that keep what a tail cut zeroed.
@@ -247,10 +254,13 @@ pub(crate) fn recover(
         seq_floor: 0,
         quarantined_firsts: Vec::new(),
         cut_files: Vec::new(),
+        floor_persisted: 0,
+        tail_proof: 0,
     };
     run.report.warnings.extend(medium.filesystem_warning());
     let listing = list(&mut run)?;
     let (cursors, cursor_max) = read_cursors(&mut run, &listing.cursors)?;
+    read_floor(&mut run, listing.floor)?;
     scan_quarantined(&mut run, &listing.quarantined)?;
     let segments = scan_segments(&mut run, &listing.segments, cursor_max, progress)?;
     finish(run, segments, cursors, cursor_max)
@@ -278,6 +288,8 @@ fn list(run: &mut Run<'_>) -> Result<Listing> {
             listing.cursors.push(cursor.to_string());
         } else if name.ends_with(CUT_SUFFIX) {
             run.cut_files.push(name);
+        } else if name == FLOOR_FILE {
+            listing.floor = true;
         }
     }
     listing.segments.sort();
@@ -358,7 +370,9 @@ fn scan_quarantined(run: &mut Run<'_>, files: &[(u64, String)]) -> Result<()> {
             .context(|| run.at(&format!("opening {name}")))?;
         let mut window = Window::uncached(&*file);
         let len = file.len();
-        if let Some(max_seq) = valid_frames_in(&mut window, CUT_HEADER_BYTES.min(len), len, len).1 {
+        if let Some(max_seq) =
+            valid_frames_in(&mut window, CUT_HEADER_BYTES.min(len), len, len).highest
+        {
             run.seq_floor = run.seq_floor.max(max_seq);
         }
     }
@@ -371,7 +385,7 @@ const CUT_HEADER_BYTES: u64 = 64;
 /// Highest seq of any CRC-valid frame in a file, trusting nothing else.
 fn max_frame_seq(file: &dyn MediumFile) -> Option<u64> {
     let mut window = Window::uncached(file);
-    valid_frames_in(&mut window, SEGMENT_HEADER_BYTES, file.len(), file.len()).1
+    valid_frames_in(&mut window, SEGMENT_HEADER_BYTES, file.len(), file.len()).highest
 }
 
 /// Phases 4–8 over every segment, oldest first.
@@ -419,7 +433,10 @@ fn scan_segments(
         // a usable header can hold bytes no sync covered. Files after it that were set aside
         // prove nothing (they may be debris of a creation that never completed).
         let is_tail = next_first.is_none();
-        if let Some(seal) = trusted_seal(run, &segment) {
+        let trailer = segment_trailer(&segment);
+        // Seqs in its copies were handed out, even where the copy itself did not survive.
+        run.seq_floor = run.seq_floor.max(trailer.highest_seq.unwrap_or(0));
+        if let Some(seal) = trusted_seal(run, &segment, &trailer) {
             segment.trust_seal(seal.last_seq, seal.end_offset);
             segment.file.forbid_map();
             run.report.segments_sealed += 1;
@@ -427,11 +444,16 @@ fn scan_segments(
             account(run, segment, &mut segments, total_bytes, progress);
             continue;
         }
-        if let Err(error) = recover_frames(run, &mut segment, is_tail, cursor_max, next_first) {
+        let place = Place {
+            is_tail,
+            cursor_max,
+            next_first,
+        };
+        if let Err(error) = recover_frames(run, &mut segment, &trailer, place) {
             segment = as_found(run, segment, error)?;
             // Phases 5-7 again, writing nothing: the bytes are served as they are.
             run.repair = false;
-            let again = recover_frames(run, &mut segment, is_tail, cursor_max, next_first);
+            let again = recover_frames(run, &mut segment, &trailer, place);
             run.repair = true;
             again?;
         }
@@ -440,15 +462,46 @@ fn scan_segments(
     Ok(segments)
 }
 
+/// A segment's place in the log, as phases 5-8 need it.
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    /// The last segment with a usable header: the only one that may hold unsynced bytes.
+    is_tail: bool,
+    /// The highest cursor: a proof of durability.
+    cursor_max: u64,
+    /// First seq of the next segment, if any.
+    next_first: Option<u64>,
+}
+
+/// The trailer of a v2 segment (empty for v1, which has none), read once per open.
+fn segment_trailer(segment: &Segment) -> Trailer {
+    if segment.version != FORMAT_VERSION {
+        return Trailer::default();
+    }
+    read_trailer(
+        &mut Window::uncached(&*segment.file),
+        segment.file.len(),
+        (segment.data_start, segment.data_end),
+    )
+}
+
 /// Phases 5-8 for one segment.
 fn recover_frames(
     run: &mut Run<'_>,
     segment: &mut Segment,
-    is_tail: bool,
-    cursor_max: u64,
-    next_first: Option<u64>,
+    trailer: &Trailer,
+    place: Place,
 ) -> Result<()> {
-    let slot_proof = restore_tail_pages(run, segment)?;
+    let Place {
+        is_tail,
+        cursor_max,
+        next_first,
+    } = place;
+    if is_tail {
+        let slot_proof = trailer.slots.iter().map(|s| s.proven_seq).max();
+        run.tail_proof = cursor_max.max(slot_proof.unwrap_or(0));
+    }
+    let slot_proof = restore_tail_pages(run, segment, trailer)?;
     let proof = if is_tail {
         // Seqs up to a proof were handed out: never again, whatever the scan finds.
         run.seq_floor = run.seq_floor.max(slot_proof.max(cursor_max));
@@ -476,7 +529,25 @@ fn recover_frames(
         record_damage(run, segment, offset, Some(lost), reason);
     }
     if is_tail {
+        keep_orphan_copies(run, segment, trailer)?;
         redirty(run, segment, proof)?;
+    }
+    Ok(())
+}
+
+/// Phase 8 writes both tail-page slots. A slot may still hold frames past the log's end (a
+/// copy written by a sync the power cut interrupted, whose data page did not survive): their
+/// seqs were handed out, so the slot's copy area is kept in a cut file first, and a crash
+/// during phase 8 cannot make the next open forget them and hand the seqs out again.
+fn keep_orphan_copies(run: &mut Run<'_>, segment: &Segment, trailer: &Trailer) -> Result<()> {
+    if !run.repair {
+        return Ok(());
+    }
+    for (slot, highest) in trailer.slot_highest.iter().enumerate() {
+        if highest.is_some_and(|h| h > segment.last_seq()) {
+            let from = crate::tail::copy_area(segment.file.len(), slot as u64);
+            keep_cut_bytes(run, segment, from, from + PAGE_BYTES)?;
+        }
     }
     Ok(())
 }
@@ -547,7 +618,7 @@ fn account(
 /// The seal a repairing open may take a segment's end from: its header passed as written
 /// (not rebuilt) and the seal is the newest record of its trailer. Read-only opens (`verify`)
 /// never trust a seal: they check every byte.
-fn trusted_seal(run: &Run<'_>, segment: &Segment) -> Option<crate::tail::Seal> {
+fn trusted_seal(run: &Run<'_>, segment: &Segment, trailer: &Trailer) -> Option<crate::tail::Seal> {
     let rebuilt = run
         .report
         .damaged
@@ -556,12 +627,7 @@ fn trusted_seal(run: &Run<'_>, segment: &Segment) -> Option<crate::tail::Seal> {
     if !run.repair || rebuilt || segment.version != FORMAT_VERSION {
         return None;
     }
-    let mut window = Window::uncached(&*segment.file);
-    let seal = crate::tail::read_seal(
-        &mut window,
-        segment.file.len(),
-        (segment.data_start, segment.data_end),
-    )?;
+    let seal = trailer.seal?;
     // Bytes on disk, CRC or not: a seal that cannot describe this segment is not trusted.
     let frames = (seal.last_seq.checked_add(1)?).checked_sub(segment.first_seq)?;
     let room = seal.end_offset.checked_sub(segment.data_start)?;
@@ -702,31 +768,15 @@ fn quarantine(
 /// segment's bytes differ (a torn later write). Returns the highest proven seq the slots name.
 /// Read-only runs cannot write: they report the restore, and the scan sees the copy (see
 /// [`Patched`]).
-fn restore_tail_pages(run: &mut Run<'_>, segment: &mut Segment) -> Result<u64> {
+fn restore_tail_pages(run: &mut Run<'_>, segment: &mut Segment, trailer: &Trailer) -> Result<u64> {
     if segment.version != FORMAT_VERSION {
         return Ok(0);
     }
-    let slots = {
-        let mut window = Window::uncached(&*segment.file);
-        read_slots(
-            &mut window,
-            segment.file.len(),
-            (segment.data_start, segment.data_end),
-        )
-    };
+    // The seqs the copies hold count for the floor already (`Trailer::highest_seq`).
+    let slots = trailer.slots.clone();
     let mut proof = 0;
     for slot in &slots {
         proof = proof.max(slot.proven_seq);
-        // The copy may hold frames no later read can reach (an unreadable page): their seqs
-        // were handed out too.
-        let in_copy = valid_frames_in(
-            &mut Window::uncached(&InMemory(&slot.bytes)),
-            0,
-            slot.bytes.len() as u64,
-            slot.bytes.len() as u64,
-        )
-        .1;
-        run.seq_floor = run.seq_floor.max(in_copy.unwrap_or(0));
         let mut current = vec![0u8; slot.bytes.len()];
         let same = segment
             .file
@@ -736,6 +786,10 @@ fn restore_tail_pages(run: &mut Run<'_>, segment: &mut Segment) -> Result<u64> {
             continue;
         }
         if run.repair {
+            // The rest of the page may hold frames no sync covered: a torn rewrite can garble
+            // them, so their seqs go into the durable floor first.
+            let after = frames_after_prefix(segment, slot);
+            persist_floor(run, after.highest.unwrap_or(0))?;
             segment
                 .file
                 .write_at(slot.page_offset, &slot.bytes)
@@ -756,6 +810,60 @@ fn restore_tail_pages(run: &mut Run<'_>, segment: &mut Segment) -> Result<u64> {
         Patched::install(segment, slots);
     }
     Ok(proof)
+}
+
+/// CRC-valid frames in the page of `slot` past its copied prefix.
+fn frames_after_prefix(segment: &Segment, slot: &TailSlot) -> crate::scan::FramesIn {
+    let from = slot.page_offset + slot.bytes.len() as u64;
+    let to = (slot.page_offset + PAGE_BYTES).min(segment.data_end);
+    valid_frames_in(&mut Window::uncached(&*segment.file), from, to, to)
+}
+
+/// Name of the floor file: the highest seq a repairing open saw (cursor slot encoding, both
+/// slots equal, written atomically). FORMAT.md, "Floor file".
+pub const FLOOR_FILE: &str = "seq.floor";
+
+/// Phase 3: the floor an earlier repairing open made durable. A file with no valid slot is
+/// reported (the floor it held is lost; only seqs no sync covered depended on it).
+fn read_floor(run: &mut Run<'_>, exists: bool) -> Result<()> {
+    if !exists {
+        return Ok(());
+    }
+    let file = run
+        .medium
+        .open(FLOOR_FILE, false)
+        .context(|| run.at(&format!("opening {FLOOR_FILE}")))?;
+    let read = read_cursor(&*file).context(|| run.at(&format!("reading {FLOOR_FILE}")))?;
+    match read.value {
+        Some((_, seq)) => {
+            run.seq_floor = run.seq_floor.max(seq);
+            run.floor_persisted = seq;
+        }
+        None => run.report.warnings.push(format!(
+            "{FLOOR_FILE} has no valid slot: the seqs of frames an interrupted repair saw may be handed out again"
+        )),
+    }
+    Ok(())
+}
+
+/// A repair write to the last segment may tear its page and garble frames no sync covered,
+/// whose seqs were handed out. So before such a write, the floor (every seq this open has
+/// seen, and `seen`) is made durable in the floor file: a crash during the repair can then
+/// never make the next open hand those seqs out again. Written only when it rises past both
+/// the file's value and the proof (seqs up to the proof are durable in the log itself).
+fn persist_floor(run: &mut Run<'_>, seen: u64) -> Result<()> {
+    let floor = run.seq_floor.max(seen);
+    run.seq_floor = floor;
+    if !run.repair || floor <= run.floor_persisted.max(run.tail_proof) {
+        return Ok(());
+    }
+    let mut head = encode_slot(0, floor).to_vec();
+    head.extend_from_slice(&encode_slot(1, floor));
+    run.medium
+        .create(FLOOR_FILE, CURSOR_FILE_BYTES, &head)
+        .context(|| run.at(&format!("writing {FLOOR_FILE}")))?;
+    run.floor_persisted = floor;
+    Ok(())
 }
 
 /// Where a scan stopped for good, if it did before the end of data.
@@ -905,13 +1013,18 @@ fn classify(
 
 fn cut_tail(run: &mut Run<'_>, segment: &mut Segment, stop: Stop) -> Result<()> {
     let file = &*segment.file;
-    let dirty_end = last_nonzero_end(file, stop.offset, segment.data_end).unwrap_or(stop.offset);
-    let (records, highest_seq) = {
+    let nonzero_end = last_nonzero_end(file, stop.offset, segment.data_end).unwrap_or(stop.offset);
+    let frames = {
         let mut window = Window::uncached(file);
-        valid_frames_in(&mut window, stop.offset, dirty_end, segment.data_end)
+        valid_frames_in(&mut window, stop.offset, nonzero_end, segment.data_end)
     };
+    let (records, highest_seq) = (frames.count, frames.highest);
+    // A frame whose payload ends in zero bytes reaches past the last non-zero byte: the cut
+    // (and its side file) takes it whole, so a later open still finds its seq there.
+    let dirty_end = nonzero_end.max(frames.end);
     let mut kept_in = None;
     if run.repair && dirty_end > stop.offset {
+        persist_floor(run, segment.last_seq().max(highest_seq.unwrap_or(0)))?;
         kept_in = Some(keep_cut_bytes(run, segment, stop.offset, dirty_end)?);
         // The tail-page copies still cover the prefix while the zeros are synced; phase 8
         // then replaces both copies before any append can reuse the cut bytes' place.
@@ -992,6 +1105,7 @@ fn redirty(run: &mut Run<'_>, segment: &Segment, proof: u64) -> Result<()> {
     if !run.repair {
         return Ok(());
     }
+    persist_floor(run, segment.last_seq())?;
     let from = if proof < segment.first_seq {
         segment.data_start
     } else if proof >= segment.last_seq() {
@@ -1156,34 +1270,6 @@ impl MediumFile for Patched {
 
     fn write_at(&self, _offset: u64, _data: &[u8]) -> std::io::Result<()> {
         Err(std::io::Error::other("read-only overlay"))
-    }
-
-    fn sync(&self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Bytes in memory as a read-only file (a tail-page copy, scanned for the seqs it holds).
-#[derive(Debug)]
-struct InMemory<'a>(&'a [u8]);
-
-impl MediumFile for InMemory<'_> {
-    fn len(&self) -> u64 {
-        self.0.len() as u64
-    }
-
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        let start = usize::try_from(offset).map_err(std::io::Error::other)?;
-        let bytes = start
-            .checked_add(buf.len())
-            .and_then(|end| self.0.get(start..end))
-            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
-        buf.copy_from_slice(bytes);
-        Ok(())
-    }
-
-    fn write_at(&self, _offset: u64, _data: &[u8]) -> std::io::Result<()> {
-        Err(std::io::Error::other("read-only bytes"))
     }
 
     fn sync(&self) -> std::io::Result<()> {

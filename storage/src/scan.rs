@@ -164,8 +164,10 @@ pub(crate) fn resync(
 ) -> Option<Found> {
     let mut offset = from.next_multiple_of(FRAME_ALIGN_BYTES);
     while offset + FRAME_HEADER_BYTES <= to {
-        let header = match window.bytes(offset, FRAME_HEADER_BYTES as usize) {
-            Ok(h) => h.to_vec(),
+        // On the stack: this runs once per 8 bytes of every scanned region.
+        let mut header = [0u8; FRAME_HEADER_BYTES as usize];
+        match window.bytes(offset, FRAME_HEADER_BYTES as usize) {
+            Ok(h) => header.copy_from_slice(h),
             Err(_) => {
                 offset = (offset + 1).next_multiple_of(PAGE_BYTES);
                 continue;
@@ -191,33 +193,41 @@ pub(crate) fn resync(
     None
 }
 
-/// CRC-valid frames (any seq) in `from..to`, as (count, highest seq): what a tail cut throws
-/// away. A frame counts when its unpadded end lies within `to` (the end of the last non-zero
-/// byte: a frame's zero padding may lie past it) and its padded end within `data_end`.
+/// CRC-valid frames (any seq) that start in `from..to` and end within `data_end`: what a tail
+/// cut throws away. `to` may be the end of the last non-zero byte: a frame whose payload ends
+/// in zero bytes still counts, and [`FramesIn::end`] (its padded end) says how far it reaches.
 pub(crate) fn valid_frames_in(
     window: &mut Window<'_>,
     from: u64,
     to: u64,
     data_end: u64,
-) -> (u64, Option<u64>) {
-    let mut count = 0;
-    let mut highest: Option<u64> = None;
+) -> FramesIn {
+    let mut found_in = FramesIn {
+        count: 0,
+        highest: None,
+        end: from,
+    };
     let mut offset = from;
     while let Some(found) = resync(window, offset, data_end, 1..=u64::MAX) {
         if found.offset >= to {
             break;
         }
-        let unpadded_end = match window.bytes(found.offset, FRAME_HEADER_BYTES as usize) {
-            Ok(h) => found.offset + FRAME_HEADER_BYTES + u64::from(decode_header(h).0),
-            Err(_) => found.next_offset,
-        };
-        if unpadded_end <= to {
-            count += 1;
-            highest = Some(highest.map_or(found.seq, |h| h.max(found.seq)));
-        }
+        found_in.count += 1;
+        found_in.highest = Some(found_in.highest.map_or(found.seq, |h| h.max(found.seq)));
+        found_in.end = found.next_offset;
         offset = found.next_offset;
     }
-    (count, highest)
+    found_in
+}
+
+/// What [`valid_frames_in`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FramesIn {
+    pub count: u64,
+    /// Highest seq among them.
+    pub highest: Option<u64>,
+    /// Padded end of the last of them (`from` when there is none).
+    pub end: u64,
 }
 
 #[cfg(test)]
@@ -243,7 +253,11 @@ mod tests {
         assert_eq!(resync(&mut window, 4096, 16 * 1024, 8..=10), None);
         assert_eq!(
             valid_frames_in(&mut window, 0, 16 * 1024, 16 * 1024),
-            (1, Some(7))
+            FramesIn {
+                count: 1,
+                highest: Some(7),
+                end: 8192 + frame.len() as u64,
+            }
         );
     }
 

@@ -146,22 +146,54 @@ fn decode_seal(window: &mut Window<'_>, at: u64, slot: u64) -> Option<Seal> {
     })
 }
 
-/// The seal of a segment, if the newest valid record in its trailer is one.
-pub(crate) fn read_seal(
+/// What a v2 segment's trailer holds, read once per open (FORMAT.md, "Trailer").
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Trailer {
+    /// Valid tail-page copies, oldest generation first.
+    pub slots: Vec<TailSlot>,
+    /// The seal, when it is the newest record of the trailer and could describe the segment.
+    pub seal: Option<Seal>,
+    /// Highest seq of any CRC-valid frame in either slot's copy area, **valid slot or not**:
+    /// a copy torn by a crash may still hold whole frames, and their seqs were handed out.
+    pub highest_seq: Option<u64>,
+    /// The same per slot (slot 0, slot 1).
+    pub slot_highest: [Option<u64>; 2],
+}
+
+/// File offset of the copied bytes of `slot` (0 or 1), right after its header.
+pub(crate) fn copy_area(segment_bytes: u64, slot: u64) -> u64 {
+    slot_offset(segment_bytes, slot) + TAIL_SLOT_HEADER_BYTES
+}
+
+/// Reads the trailer of a v2 segment with data region `data`: one `pread` of its 16 KiB
+/// (the window holds it), decoded as copies, seal and raw frames.
+pub(crate) fn read_trailer(
     window: &mut Window<'_>,
     segment_bytes: u64,
     data: (u64, u64),
-) -> Option<Seal> {
+) -> Trailer {
+    let slots = read_slots(window, segment_bytes, data);
+    let newest_copy = slots.last().map_or(0, |s| s.generation);
     let seal = (0..2)
         .filter_map(|slot| decode_seal(window, slot_offset(segment_bytes, slot), slot))
-        .max_by_key(|seal| seal.generation)?;
-    let newest_copy = read_slots(window, segment_bytes, data)
-        .last()
-        .map_or(0, |s| s.generation);
-    let plausible = seal.end_offset >= data.0
-        && seal.end_offset <= data.1
-        && seal.last_seq <= crate::limits::SEQ_MAX;
-    (seal.generation > newest_copy && plausible).then_some(seal)
+        .max_by_key(|seal| seal.generation)
+        .filter(|seal| {
+            seal.generation > newest_copy
+                && seal.end_offset >= data.0
+                && seal.end_offset <= data.1
+                && seal.last_seq <= crate::limits::SEQ_MAX
+        });
+    let slot_highest = [0, 1].map(|slot| {
+        let from = copy_area(segment_bytes, slot);
+        let to = from + PAGE_BYTES;
+        crate::scan::valid_frames_in(window, from, to, to).highest
+    });
+    Trailer {
+        slots,
+        seal,
+        highest_seq: slot_highest.into_iter().flatten().max(),
+        slot_highest,
+    }
 }
 
 /// Seals a segment whose every frame is durable: the caller holds the slot lock and syncs. From then on recovery may

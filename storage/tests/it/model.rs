@@ -16,7 +16,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::common::{event, seed_base, tiny_options};
+use crate::common::{event, highest_seq_on_medium, seed_base, tiny_options};
 use edgecap_storage::{Error, Event, Log, LogOptions, OnFull, SeqRange, SimMedium, SplitMix64};
 
 struct Harness {
@@ -187,6 +187,8 @@ fn run(seed: u64) -> Result<bool, String> {
             );
             drop(log);
             h.medium.crash(rng.next_u64());
+            // The test's own scan of what reached the medium, before recovery sees it.
+            let on_medium = highest_seq_on_medium(&h.medium);
             let (log, report) =
                 Log::open_with_medium(Arc::new(h.medium.clone()), h.options.clone())
                     .map_err(|e| e.to_string())?;
@@ -211,7 +213,15 @@ fn run(seed: u64) -> Result<bool, String> {
             while h.model.back().is_some_and(|e| e.seq > survived) {
                 h.model.pop_back();
             }
-            // Cut frames' seqs are never reused: the log goes on past them.
+            // Cut frames' seqs are never reused: the log goes on past every seq that reached
+            // the medium, by the test's own count (not the log's).
+            if log.appended_seq() < on_medium.max(h.seq_floor) {
+                return Err(format!(
+                    "step {step}: seq {} would be handed out again (on the medium: {on_medium}, used before: {})",
+                    log.appended_seq() + 1,
+                    h.seq_floor
+                ));
+            }
             h.seq_floor = log.appended_seq();
             h.cursor = log.cursor("forward").unwrap_or(0);
             h.log = log;

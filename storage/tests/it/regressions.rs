@@ -639,3 +639,83 @@ fn dropping_a_log_writes_its_buffered_frames_to_the_file() {
     assert_eq!(report.last_seq, Some(5), "{report:?}");
     assert_eq!(log.reader(1).count(), 5);
 }
+
+/// Offset of each frame in the data region of `bytes` (a v2 segment), in order.
+fn frame_offsets(bytes: &[u8]) -> Vec<u64> {
+    let mut offsets = Vec::new();
+    let mut at = SEGMENT_DATA_START as usize;
+    loop {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            return offsets;
+        }
+        offsets.push(at as u64);
+        at += (16 + len).next_multiple_of(8);
+    }
+}
+
+// Power-cut schedules with an independent seq oracle (the test's own scan of the medium):
+// a cut frame whose payload ends in zero bytes (postcard's encoding of 0, an empty string)
+// reaches past the last non-zero byte, and the cut's count left it out, so its seq was
+// handed out again.
+#[test]
+fn a_cut_frame_whose_payload_ends_in_zero_bytes_is_not_reused() {
+    let tmp = TempDir::new().unwrap();
+    let (log, _) = Log::open(tmp.path(), tiny_options()).unwrap();
+    log.append(event("a")).unwrap();
+    log.sync().unwrap();
+    log.set_cursor("forward", 1).unwrap();
+    log.append(event("b")).unwrap();
+    let zero_tail = Event::new(Kind::Sensor, "t", Value::Int(0)).unwrap();
+    log.append(zero_tail).unwrap();
+    drop(log); // seqs 2 and 3 reach the file, no sync covers them
+    let segment = tmp.path().join(segment_name(1));
+    let bytes = fs::read(&segment).unwrap();
+    let offsets = frame_offsets(&bytes);
+    assert_eq!(offsets.len(), 3);
+    let third_end = offsets[2] as usize
+        + 16
+        + u32::from_le_bytes(bytes[offsets[2] as usize..][..4].try_into().unwrap()) as usize;
+    assert_eq!(
+        bytes[third_end - 1],
+        0,
+        "the third payload must end in a zero byte"
+    );
+    // Seq 2 torn: the scan stops there, above every proof, and cuts it and seq 3.
+    write_at(&segment, offsets[1] + 16, b"\xff");
+    let (log, report) = Log::open(tmp.path(), tiny_options()).unwrap();
+    let cut = report.tail_cut.clone().expect("a tail cut");
+    assert_eq!((cut.records, cut.highest_seq), (1, Some(3)), "{report:?}");
+    assert_eq!(log.append(event("next")).unwrap(), 4);
+}
+
+// Power-cut schedules with an independent seq oracle: a sync interrupted by the power cut had
+// written its tail-page copy (seqs 2, 3 in it) but not the data page; the copy's own CRC
+// failed (its last sectors never landed), so recovery ignored the slot and handed out 2 and
+// 3 again.
+#[test]
+fn seqs_in_a_torn_tail_page_copy_are_not_reused() {
+    let tmp = TempDir::new().unwrap();
+    let (log, _) = Log::open(tmp.path(), tiny_options()).unwrap();
+    log.append(event("a")).unwrap();
+    log.sync().unwrap();
+    log.append(event("b")).unwrap();
+    log.append(event("c")).unwrap();
+    log.sync().unwrap(); // copy generation 2 holds seqs 1..=3
+    drop(log);
+    let segment = tmp.path().join(segment_name(1));
+    let bytes = fs::read(&segment).unwrap();
+    let offsets = frame_offsets(&bytes);
+    let len = bytes.len() as u64;
+    // The data page lost seqs 2 and 3; the copy's header no longer matches its CRC.
+    write_at(
+        &segment,
+        offsets[1],
+        &vec![0u8; (offsets[2] - offsets[1] + 64) as usize],
+    );
+    write_at(&segment, tail::slot_offset(len, 2) + 24, b"\x09");
+    let (log, report) = Log::open(tmp.path(), tiny_options()).unwrap();
+    assert_eq!(report.last_seq, Some(1), "{report:?}");
+    assert_eq!(report.next_seq, 4, "{report:?}");
+    assert_eq!(log.append(event("next")).unwrap(), 4);
+}
