@@ -11,7 +11,9 @@
 //!   from their seals, against the full scan.
 //!
 //! Run: `cargo bench -p edgecap-storage` (data goes under `target/bench-data`, a real disk, not
-//! tmpfs). `EDGECAP_BENCH_EVENTS` scales the append runs (default 20000).
+//! tmpfs). `EDGECAP_BENCH_EVENTS` scales the append runs (default 20000);
+//! `EDGECAP_BENCH_ONLY=append` (a comma list of medium, append, verify) runs only those parts;
+//! `EDGECAP_BENCH_ONLY=open_big` (not run by default) times the open of one large segment.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -210,6 +212,43 @@ fn open_time(dir: &std::path::Path, options: LogOptions) {
     drop(log);
 }
 
+/// Open time against the size of the last segment: its frames are scanned, then its
+/// zero-filled rest is read to prove no stale bytes follow the end (FORMAT.md, "Measured").
+/// One segment of `EDGECAP_BENCH_SEGMENT_MIB` (default 1024, the largest allowed) holding
+/// 10,000 events, opened cold.
+fn open_big() {
+    let mib: u64 = std::env::var("EDGECAP_BENCH_SEGMENT_MIB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1024);
+    let dir = bench_dir("open-big");
+    let options = LogOptions {
+        segment_bytes: mib * 1024 * 1024,
+        disk_bytes_max: 2 * mib * 1024 * 1024,
+        on_full: OnFull::Reject,
+        record_bytes_max: 1024,
+    };
+    let (log, _) = Log::open(&dir, options.clone()).unwrap();
+    for i in 0..10_000u64 {
+        log.append(Event::new(Kind::Sensor, "bench", Value::UInt(i)).unwrap())
+            .unwrap();
+    }
+    log.sync().unwrap();
+    drop(log);
+    let cold = std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok();
+    let start = Instant::now();
+    let (log, report) = Log::open(&dir, options).unwrap();
+    let elapsed = start.elapsed().as_secs_f64();
+    assert!(report.is_clean(), "{:?}", report.problems());
+    println!(
+        "open_big: one {mib} MiB segment, {} records, opened in {:.1} ms ({})",
+        report.records,
+        elapsed * 1e3,
+        if cold { "cold cache" } else { "warm cache: could not drop it" },
+    );
+    drop(log);
+}
+
 fn main() {
     let events = std::env::var("EDGECAP_BENCH_EVENTS")
         .ok()
@@ -219,9 +258,22 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    medium();
-    append(events);
-    verify();
+    // `EDGECAP_BENCH_ONLY=append` (a comma list of medium, append, verify) runs just those.
+    let only = std::env::var("EDGECAP_BENCH_ONLY").unwrap_or_default();
+    let run = |part: &str| only.is_empty() || only.split(',').any(|p| p == part);
+    if run("medium") {
+        medium();
+    }
+    if run("append") {
+        append(events);
+    }
+    if run("verify") {
+        verify();
+    }
+    // Not in the default set: it writes a 1 GiB file.
+    if only.split(',').any(|p| p == "open_big") {
+        open_big();
+    }
     let _ = std::fs::remove_dir_all(
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data"),
     );
