@@ -244,7 +244,11 @@ fn open_big() {
         "open_big: one {mib} MiB segment, {} records, opened in {:.1} ms ({})",
         report.records,
         elapsed * 1e3,
-        if cold { "cold cache" } else { "warm cache: could not drop it" },
+        if cold {
+            "cold cache"
+        } else {
+            "warm cache: could not drop it"
+        },
     );
     drop(log);
 }

@@ -32,13 +32,13 @@ use crate::limits::{
     CURSORS_MAX, DISK_BYTES_MAX_DEFAULT, FRAME_ALIGN_BYTES, FRAME_HEADER_BYTES, PAGE_BYTES,
     RECORD_PAYLOAD_BYTES_MAX_DEFAULT, RECORD_PAYLOAD_BYTES_MAX_FORMAT, SEGMENTS_IN_BUDGET_MIN,
     SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, SEGMENT_DATA_START,
-    SEGMENT_TRAILER_BYTES, WRITE_BUFFER_BYTES,
+    SEGMENT_TRAILER_BYTES, UNSYNCED_BYTES_MAX, WRITE_BUFFER_BYTES,
 };
 use crate::medium::{FsMedium, Medium};
 use crate::record::{encode_frame, frame_bytes};
 use crate::recovery::{is_log_file, recover, Progress, RecoveryReport, SeqRange};
 use crate::scan::{read_frame, resync, FrameRead, Window};
-use crate::segment::{segment_name, Segment, SegmentHeader, FORMAT_VERSION};
+use crate::segment::{segment_name, Segment, SegmentHeader};
 
 /// Name of the writer's lock file inside the data directory.
 pub const LOCK_FILE_NAME: &str = "LOCK";
@@ -303,6 +303,13 @@ impl Log {
             segments.push(Arc::new(create_segment(&*medium, &options, next_seq)?));
         }
         let durable = segments.last().map(|s| s.last_seq()).unwrap_or(last_seq);
+        // What recovery left is durable (it synced every repair): the unsynced bound counts
+        // from there.
+        for segment in &segments {
+            segment
+                .synced_end
+                .store(segment.end_offset(), Ordering::Release);
+        }
         let shared = Shared {
             medium,
             read_only,
@@ -340,10 +347,24 @@ impl Log {
     /// Appends `event` (its `seq` is overwritten) and returns the seq it got. The event is not
     /// durable until [`Log::sync_through`] covers it.
     pub fn append(&self, mut event: Event) -> Result<u64> {
-        let shared = &*self.shared;
-        if shared.read_only {
+        if self.shared.read_only {
             return Err(Error::ReadOnly);
         }
+        // At most two rounds: a sync in between makes room under the unsynced bound.
+        for _ in 0..2 {
+            if let Some(seq) = self.try_append(&mut event)? {
+                return Ok(seq);
+            }
+            self.sync()?;
+        }
+        unreachable!("a sync always makes room under the unsynced bound")
+    }
+
+    /// One attempt at [`Log::append`]: `None` when writing the buffered frames out first would
+    /// go past [`UNSYNCED_BYTES_MAX`] and the caller must sync first (not under the writer
+    /// lock: the sync leader takes it).
+    fn try_append(&self, event: &mut Event) -> Result<Option<u64>> {
+        let shared = &*self.shared;
         let mut writer = lock(&shared.writer);
         self.check_poison()?;
         let seq = writer.next_seq;
@@ -367,6 +388,9 @@ impl Log {
             active = self.active_segment();
         }
         if writer.pending.len() as u64 + frame_len > WRITE_BUFFER_BYTES as u64 {
+            if over_unsynced_bound(&writer, &active) {
+                return Ok(None);
+            }
             self.flush_pending(&mut writer, &active)?;
         }
         let offset = writer.next_offset(&active);
@@ -387,7 +411,7 @@ impl Log {
             .push((seq, offset, offset + frame_len));
         shared.appended_seq.store(seq, Ordering::Release);
         writer.next_seq = seq + 1;
-        Ok(seq)
+        Ok(Some(seq))
     }
 
     /// Returns once every event up to `seq` is durable (group commit: one sync serves every
@@ -456,6 +480,10 @@ impl Log {
         let mut writer = lock(&self.shared.writer);
         self.check_poison()?;
         let active = self.active_segment();
+        if over_unsynced_bound(&writer, &active) {
+            drop(writer);
+            return self.sync().map(|_| ());
+        }
         self.flush_pending(&mut writer, &active)
     }
 
@@ -490,6 +518,7 @@ impl Log {
             self.poison(message.clone());
             return Err(Error::Poisoned(message));
         }
+        segment.synced_end.fetch_max(end, Ordering::AcqRel);
         Ok(())
     }
 
@@ -806,17 +835,23 @@ impl Log {
     }
 }
 
+/// Whether writing the buffered frames to `active` now would put bytes more than
+/// [`UNSYNCED_BYTES_MAX`] past its end at the last completed sync (then the writer syncs
+/// first). Leader and rotation flushes skip the check: a sync follows them at once, and the
+/// window a repairing open reads allows for them (`UNSYNCED_WINDOW_BYTES`).
+fn over_unsynced_bound(writer: &Writer, active: &Segment) -> bool {
+    let written_end = writer.pending_offset + writer.pending.len() as u64;
+    !writer.pending.is_empty()
+        && written_end > active.synced_end.load(Ordering::Acquire) + UNSYNCED_BYTES_MAX
+}
+
 fn create_segment(medium: &dyn Medium, options: &LogOptions, first_seq: u64) -> Result<Segment> {
     let name = segment_name(first_seq);
-    let header = SegmentHeader {
-        version: FORMAT_VERSION,
-        first_seq,
-        segment_bytes: options.segment_bytes,
-        created_wall_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0),
-    };
+    let created_wall_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let header = SegmentHeader::new_v2(first_seq, options.segment_bytes, created_wall_ms);
     let file = medium
         .create(&name, options.segment_bytes, &header.encode())
         .context(|| format!("creating segment {name}"))?;

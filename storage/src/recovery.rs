@@ -509,7 +509,7 @@ fn recover_frames(
     } else {
         u64::MAX
     };
-    let (stop, holes) = scan_frames(segment, proof, next_first);
+    let (stop, holes) = scan_frames(segment, proof, next_first, run.repair);
     for (offset, lost, reason) in holes {
         record_damage(run, segment, offset, Some(lost), reason);
     }
@@ -580,6 +580,7 @@ fn as_found(run: &mut Run<'_>, segment: Segment, error: Error) -> Result<Segment
         first_seq: segment.first_seq,
         segment_bytes: segment.file.len(),
         created_wall_ms: 0,
+        unsynced_window_bytes: segment.unsynced_window,
     };
     drop(segment);
     let file = run
@@ -866,6 +867,18 @@ fn persist_floor(run: &mut Run<'_>, seen: u64) -> Result<()> {
     Ok(())
 }
 
+/// How far past `end` (an end of data at or past the last completed sync) stale bytes can lie:
+/// the header's unsynced window when `bounded` (a repairing open, the end not below a proof)
+/// and the segment promises one, else the whole data region. `verify` always reads it all.
+fn stale_end(segment: &Segment, end: u64, bounded: bool) -> u64 {
+    if bounded && segment.unsynced_window > 0 {
+        end.saturating_add(segment.unsynced_window)
+            .min(segment.data_end)
+    } else {
+        segment.data_end
+    }
+}
+
 /// Where a scan stopped for good, if it did before the end of data.
 struct Stop {
     offset: u64,
@@ -885,6 +898,7 @@ fn scan_frames(
     segment: &Segment,
     proof: u64,
     next_first: Option<u64>,
+    repair: bool,
 ) -> (Option<Stop>, Vec<Hole>) {
     let file = &*segment.file;
     let mut holes = Vec::new();
@@ -902,7 +916,15 @@ fn scan_frames(
                 expected += 1;
                 continue;
             }
-            FrameRead::End => match last_nonzero_end(file, offset, data_end) {
+            FrameRead::End => match last_nonzero_end(
+                file,
+                offset,
+                stale_end(
+                    segment,
+                    offset,
+                    repair && (proof == u64::MAX || expected > proof),
+                ),
+            ) {
                 None => return (None, holes),
                 Some(_) => format!("zero bytes where seq {expected} was expected, data after them"),
             },
@@ -1013,7 +1035,13 @@ fn classify(
 
 fn cut_tail(run: &mut Run<'_>, segment: &mut Segment, stop: Stop) -> Result<()> {
     let file = &*segment.file;
-    let nonzero_end = last_nonzero_end(file, stop.offset, segment.data_end).unwrap_or(stop.offset);
+    // A stop above the proof lies at or past the end of the last completed sync.
+    let nonzero_end = last_nonzero_end(
+        file,
+        stop.offset,
+        stale_end(segment, stop.offset, run.repair),
+    )
+    .unwrap_or(stop.offset);
     let frames = {
         let mut window = Window::uncached(file);
         valid_frames_in(&mut window, stop.offset, nonzero_end, segment.data_end)

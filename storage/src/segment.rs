@@ -10,7 +10,9 @@
 //! 16      8     first_seq        u64 LE, equal to the number in the file name
 //! 24      8     segment_bytes    u64 LE, the preallocated file length
 //! 32      8     created_wall_ms  i64 LE, informational only
-//! 40      20    reserved         zero
+//! 40      4     unsynced_kib     u32 LE: the writer never wrote more than this many KiB past
+//!                                the end of data at its last completed sync (0: no promise)
+//! 44      16    reserved         zero
 //! 60      4     crc32            over bytes 0..60
 //! ```
 //!
@@ -50,6 +52,10 @@ pub struct SegmentHeader {
     pub first_seq: u64,
     pub segment_bytes: u64,
     pub created_wall_ms: i64,
+    /// Bytes past the end of data at the last completed sync within which every write of this
+    /// segment's writer stayed (a multiple of 1024; 0: no promise, e.g. an older build or a
+    /// rebuilt header): how far a repairing open must look for stale bytes.
+    pub unsynced_window_bytes: u64,
 }
 
 impl SegmentHeader {
@@ -62,6 +68,8 @@ impl SegmentHeader {
         out[16..24].copy_from_slice(&self.first_seq.to_le_bytes());
         out[24..32].copy_from_slice(&self.segment_bytes.to_le_bytes());
         out[32..40].copy_from_slice(&self.created_wall_ms.to_le_bytes());
+        let kib = u32::try_from(self.unsynced_window_bytes / 1024).unwrap_or(0);
+        out[40..44].copy_from_slice(&kib.to_le_bytes());
         let crc = crc32fast::hash(&out[0..60]);
         out[60..64].copy_from_slice(&crc.to_le_bytes());
         out
@@ -80,6 +88,18 @@ impl SegmentHeader {
             first_seq,
             segment_bytes,
             created_wall_ms: 0,
+            unsynced_window_bytes: 0,
+        }
+    }
+
+    /// The header of a new v2 segment, with the unsynced-bytes promise of this build.
+    pub fn new_v2(first_seq: u64, segment_bytes: u64, created_wall_ms: i64) -> SegmentHeader {
+        SegmentHeader {
+            version: FORMAT_VERSION,
+            first_seq,
+            segment_bytes,
+            created_wall_ms,
+            unsynced_window_bytes: crate::limits::UNSYNCED_WINDOW_BYTES.next_multiple_of(1024),
         }
     }
 
@@ -111,6 +131,11 @@ impl SegmentHeader {
             first_seq: u64::from_le_bytes(bytes[16..24].try_into().unwrap()),
             segment_bytes: u64::from_le_bytes(bytes[24..32].try_into().unwrap()),
             created_wall_ms: i64::from_le_bytes(bytes[32..40].try_into().unwrap()),
+            unsynced_window_bytes: if version == FORMAT_VERSION {
+                u64::from(u32::from_le_bytes(bytes[40..44].try_into().unwrap())) * 1024
+            } else {
+                0
+            },
         })
     }
 }
@@ -184,6 +209,11 @@ pub(crate) struct Segment {
     /// Frames live in `data_start..data_end`.
     pub data_start: u64,
     pub data_end: u64,
+    /// From the header: how far past the end of data stale bytes can lie (0: anywhere).
+    pub unsynced_window: u64,
+    /// End of data at the last completed sync of this segment by this process (or as
+    /// recovered): no write goes more than `UNSYNCED_BYTES_MAX` past it unsynced.
+    pub synced_end: AtomicU64,
     pub file: Box<dyn MediumFile>,
     /// Offset one past the last valid frame.
     end_offset: AtomicU64,
@@ -213,6 +243,8 @@ impl Segment {
             version: header.version,
             data_start,
             data_end,
+            unsynced_window: header.unsynced_window_bytes,
+            synced_end: AtomicU64::new(data_start),
             file,
             end_offset: AtomicU64::new(data_start),
             last_seq: AtomicU64::new(header.first_seq - 1),

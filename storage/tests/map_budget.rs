@@ -69,6 +69,7 @@ fn sparse_sealed_segment(dir: &std::path::Path, first_seq: u64, count: u64) -> V
         first_seq,
         segment_bytes: SEGMENT_BYTES_MAX,
         created_wall_ms: 1,
+        unsynced_window_bytes: 0,
     };
     let mut frames = Vec::new();
     let mut events = Vec::new();

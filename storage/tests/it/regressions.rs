@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::common::tiny_options;
+use crate::common::{highest_seq_on_medium, tiny_options};
 use edgecap_storage::cursor::encode_slot;
 use edgecap_storage::limits::{SEGMENT_DATA_START, SEGMENT_DATA_START_V1};
 use edgecap_storage::record::encode_frame;
@@ -250,6 +250,7 @@ fn write_v1_segment(dir: &Path, texts: &[&str]) -> Vec<Event> {
         first_seq: 1,
         segment_bytes: len,
         created_wall_ms: 1,
+        unsynced_window_bytes: 0,
     };
     let mut bytes = header.encode().to_vec();
     bytes.resize(SEGMENT_DATA_START_V1 as usize, 0);
@@ -536,6 +537,7 @@ fn segment_too_small_for_data_with_a_crc_valid_header_is_damage_not_a_panic() {
         first_seq: 100,
         segment_bytes: len,
         created_wall_ms: 1,
+        unsynced_window_bytes: 0,
     };
     let mut bytes = header.encode().to_vec();
     bytes.resize(len as usize, 0);
@@ -718,4 +720,74 @@ fn seqs_in_a_torn_tail_page_copy_are_not_reused() {
     assert_eq!(report.last_seq, Some(1), "{report:?}");
     assert_eq!(report.next_seq, 4, "{report:?}");
     assert_eq!(log.append(event("next")).unwrap(), 4);
+}
+
+/// 16 MiB segments: larger than the unsynced window, so the bound matters.
+fn big_options() -> LogOptions {
+    LogOptions {
+        segment_bytes: 16 * 1024 * 1024,
+        disk_bytes_max: 64 * 1024 * 1024,
+        on_full: OnFull::Reject,
+        record_bytes_max: 1024,
+    }
+}
+
+// Issue 8, finding 11 (open time must not grow with zero-filled space): a repairing open read
+// a large last segment's whole zero-filled rest (2.6 s for one 1 GiB segment, cold). The
+// writer now never gets more than UNSYNCED_BYTES_MAX ahead of its last completed sync, even
+// when nobody syncs: 10 MiB appended with no sync call leaves at most the bound unsynced, and
+// after a power cut every seq that reached the medium is still past the next one handed out.
+#[test]
+fn appends_without_a_sync_never_run_more_than_the_unsynced_bound_ahead() {
+    use edgecap_storage::limits::UNSYNCED_BYTES_MAX;
+    let medium = SimMedium::new();
+    let (log, _) = Log::open_with_medium(Arc::new(medium.clone()), big_options()).unwrap();
+    let text = "x".repeat(200);
+    let mut appended = 0u64;
+    let mut bytes = 0u64;
+    while bytes < 10 * 1024 * 1024 {
+        appended = log.append(event(&text)).unwrap();
+        bytes += 256;
+    }
+    let durable = log.durable_seq();
+    assert!(durable > 0, "10 MiB appended and nothing forced a sync");
+    let unsynced_bytes = (appended - durable) * 256;
+    assert!(
+        unsynced_bytes <= UNSYNCED_BYTES_MAX + 128 * 1024,
+        "{unsynced_bytes} bytes unsynced"
+    );
+    drop(log);
+    medium.crash(7);
+    let on_medium = highest_seq_on_medium(&medium);
+    let (log, report) = Log::open_with_medium(Arc::new(medium.clone()), big_options()).unwrap();
+    assert!(report.last_seq.unwrap_or(0) >= durable, "{report:?}");
+    assert!(log.appended_seq() >= on_medium, "{report:?}");
+    let (_, check) = Log::open_read_only_with_medium(Arc::new(medium), big_options()).unwrap();
+    assert!(check.is_clean(), "{:?}", check.problems());
+}
+
+// The same finding, the other half: a repairing open looks for stale bytes only within the
+// window the segment's header promises; a non-zero byte far past it cannot come from the
+// writer (it is damage from elsewhere), and `verify`, which reads everything, reports it.
+#[test]
+fn a_repairing_open_reads_only_the_unsynced_window_and_verify_reads_everything() {
+    let tmp = TempDir::new().unwrap();
+    let (log, _) = Log::open(tmp.path(), big_options()).unwrap();
+    for i in 0..10 {
+        log.append(event(&format!("e{i}"))).unwrap();
+    }
+    log.sync().unwrap();
+    drop(log);
+    let segment = tmp.path().join(segment_name(1));
+    let far = 12 * 1024 * 1024;
+    write_at(&segment, far, b"\x01");
+    let (log, report) = Log::open(tmp.path(), big_options()).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems());
+    assert_eq!(read_all(&log, 1).len(), 10);
+    drop(log);
+    let (_, check) = Log::open_read_only(tmp.path(), big_options(), &mut |_, _| {}).unwrap();
+    assert!(
+        !check.is_clean(),
+        "verify missed a non-zero byte past the end of data"
+    );
 }

@@ -274,6 +274,9 @@ fn fix_file(kind: FileKind, flags: u8, first_seq: u64, file: &mut [u8]) {
             first_seq,
             segment_bytes: len,
             created_wall_ms: created,
+            // The fuzzer's own bytes 40..44: any promise, kept or broken.
+            unsynced_window_bytes: u64::from(u32::from_le_bytes(file[40..44].try_into().unwrap()))
+                * 1024,
         };
         file[..SEGMENT_HEADER_BYTES as usize].copy_from_slice(&header.encode());
     }
