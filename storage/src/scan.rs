@@ -163,32 +163,67 @@ pub(crate) fn resync(
     seqs: RangeInclusive<u64>,
 ) -> Option<Found> {
     let mut offset = from.next_multiple_of(FRAME_ALIGN_BYTES);
+    loop {
+        let (at, payload_bytes, crc, seq) = next_candidate(window, offset, to, &seqs)?;
+        let valid = window
+            .bytes(at + FRAME_HEADER_BYTES, payload_bytes as usize)
+            .is_ok_and(|p| frame_crc(payload_bytes, seq, p) == crc);
+        if valid {
+            let next_offset = at + frame_bytes(payload_bytes as usize);
+            return Some(Found {
+                offset: at,
+                seq,
+                next_offset,
+            });
+        }
+        offset = at + FRAME_ALIGN_BYTES;
+    }
+}
+
+/// The next 8-byte boundary at or after `offset` (aligned) in `..to` whose header is
+/// plausible with a seq in `seqs`: (offset, payload bytes, crc, seq). Scans a window-sized
+/// slice at a time, skipping zero length fields at once: this runs over every byte of every
+/// region recovery resyncs in (zeros, garbage, quarantined files).
+fn next_candidate(
+    window: &mut Window<'_>,
+    mut offset: u64,
+    to: u64,
+    seqs: &RangeInclusive<u64>,
+) -> Option<(u64, u32, u32, u64)> {
+    const HEADER: usize = FRAME_HEADER_BYTES as usize;
     while offset + FRAME_HEADER_BYTES <= to {
-        // On the stack: this runs once per 8 bytes of every scanned region.
-        let mut header = [0u8; FRAME_HEADER_BYTES as usize];
-        match window.bytes(offset, FRAME_HEADER_BYTES as usize) {
-            Ok(h) => header.copy_from_slice(h),
-            Err(_) => {
-                offset = (offset + 1).next_multiple_of(PAGE_BYTES);
+        let span = ((to - offset) as usize).min(WINDOW_BYTES);
+        let Ok(chunk) = window.bytes(offset, span) else {
+            // A bad sector in the slice: one header at a time, skipping what cannot be read.
+            offset = match window.bytes(offset, HEADER) {
+                Ok(h) => {
+                    let mut header = [0u8; HEADER];
+                    header.copy_from_slice(h);
+                    if let Some((p, c, seq)) = plausible(&header, offset, to) {
+                        if seqs.contains(&seq) {
+                            return Some((offset, p, c, seq));
+                        }
+                    }
+                    offset + FRAME_ALIGN_BYTES
+                }
+                Err(_) => (offset + 1).next_multiple_of(PAGE_BYTES),
+            };
+            continue;
+        };
+        let last = (span - HEADER) / FRAME_ALIGN_BYTES as usize * FRAME_ALIGN_BYTES as usize;
+        for i in (0..=last).step_by(FRAME_ALIGN_BYTES as usize) {
+            let header = &chunk[i..i + HEADER];
+            if header[0..4] == [0; 4] {
                 continue;
             }
-        };
-        if let Some((payload_bytes, crc, seq)) = plausible(&header, offset, to) {
-            if seqs.contains(&seq) {
-                let valid = window
-                    .bytes(offset + FRAME_HEADER_BYTES, payload_bytes as usize)
-                    .is_ok_and(|p| frame_crc(payload_bytes, seq, p) == crc);
-                if valid {
-                    let next_offset = offset + frame_bytes(payload_bytes as usize);
-                    return Some(Found {
-                        offset,
-                        seq,
-                        next_offset,
-                    });
+            let at = offset + i as u64;
+            if let Some((p, c, seq)) = plausible(header, at, to) {
+                if seqs.contains(&seq) {
+                    return Some((at, p, c, seq));
                 }
             }
         }
-        offset += FRAME_ALIGN_BYTES;
+        offset += (last + FRAME_ALIGN_BYTES as usize) as u64;
     }
     None
 }
