@@ -4,7 +4,8 @@
 //! thread's queue and through the forwarder's event loop, and pings the watchdog only when
 //! both answered in time. A writer stuck in `fdatasync` on a dying SD card, or a wedged
 //! forwarder, therefore stops the pings and systemd restarts the service (`WatchdogSec=`).
-//! Outside systemd (`NOTIFY_SOCKET` unset) every call is a no-op.
+//! Outside systemd (`NOTIFY_SOCKET` unset) every call is a no-op and the supervisor only waits
+//! for shutdown; without a watchdog it sends STATUS= but pings no part.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +43,11 @@ pub async fn supervise(
     forwarder: Option<mpsc::Sender<Ping>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // Outside systemd every notification is a no-op: no timer, no pings, no wake-ups.
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        crate::wait_true(&mut shutdown).await;
+        return;
+    }
     let watchdog = sd_notify::watchdog_enabled();
     // Ping at half the watchdog period (sd_watchdog_enabled(3)); a part must answer within it.
     let floor = Duration::from_millis(crate::limits::WATCHDOG_PERIOD_MS_MIN);
@@ -54,8 +60,12 @@ pub async fn supervise(
             _ = tick.tick() => {}
         }
         // Each part must answer within the period; a full queue counts as no answer. A stop
-        // never waits for an answer.
+        // never waits for an answer. Without a watchdog nobody acts on the answers: the parts
+        // are not woken for them (idle wake-ups, issue 11).
         let answers = async {
+            if watchdog.is_none() {
+                return (true, true);
+            }
             let writer_alive = tokio::time::timeout(period, async { writer.ping().await.await })
                 .await
                 .is_ok_and(|answer| answer.is_ok());

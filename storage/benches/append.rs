@@ -212,6 +212,16 @@ fn open_time(dir: &std::path::Path, options: LogOptions) {
     drop(log);
 }
 
+/// One segment of `mib` MiB per file, room for two.
+fn options_of(mib: u64) -> LogOptions {
+    LogOptions {
+        segment_bytes: mib * 1024 * 1024,
+        disk_bytes_max: 2 * mib * 1024 * 1024,
+        on_full: OnFull::Reject,
+        record_bytes_max: 1024,
+    }
+}
+
 /// Open time against the size of the last segment: its frames are scanned, then its
 /// zero-filled rest is read to prove no stale bytes follow the end (FORMAT.md, "Measured").
 /// One segment of `EDGECAP_BENCH_SEGMENT_MIB` (default 1024, the largest allowed) holding
@@ -222,12 +232,7 @@ fn open_big() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1024);
     let dir = bench_dir("open-big");
-    let options = LogOptions {
-        segment_bytes: mib * 1024 * 1024,
-        disk_bytes_max: 2 * mib * 1024 * 1024,
-        on_full: OnFull::Reject,
-        record_bytes_max: 1024,
-    };
+    let options = options_of(mib);
     let (log, _) = Log::open(&dir, options.clone()).unwrap();
     for i in 0..10_000u64 {
         log.append(Event::new(Kind::Sensor, "bench", Value::UInt(i)).unwrap())
@@ -250,7 +255,33 @@ fn open_big() {
             "warm cache: could not drop it"
         },
     );
+    // A torn tail: a garbage page past the end, which the open cuts.
+    let end = log.stats().appended_seq;
     drop(log);
+    let segment = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "seg"))
+        .unwrap();
+    let file = OpenOptions::new().write(true).open(&segment).unwrap();
+    // Past the last frame (10,000 frames of 48 bytes), inside the unsynced window.
+    file.write_all_at(&[0xA5; 4096], 2 * 1024 * 1024).unwrap();
+    drop(file);
+    let cold = std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok();
+    let start = Instant::now();
+    let (log, report) = Log::open(&dir, options_of(mib)).unwrap();
+    let elapsed = start.elapsed().as_secs_f64();
+    assert!(report.tail_cut.is_some(), "{:?}", report.problems());
+    assert_eq!(log.appended_seq(), end);
+    println!(
+        "open_big: the same with a torn tail to cut, opened in {:.1} ms ({})",
+        elapsed * 1e3,
+        if cold {
+            "cold cache"
+        } else {
+            "warm cache: could not drop it"
+        },
+    );
 }
 
 fn main() {

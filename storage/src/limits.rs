@@ -108,19 +108,19 @@ pub const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Most bytes the log writes past the end of data at the last completed sync of a segment,
 /// before it syncs again: 4 MiB. An append (or `Log::flush`) whose write would go further
-/// syncs first; a leader's or rotation's flush, synced at once, adds at most one buffer and
-/// one frame. So after a power cut, stale bytes can lie only in [`UNSYNCED_WINDOW_BYTES`]
+/// syncs first; a sync leader's flush and a rotation's flush, each synced at once, add at most
+/// one buffer and one frame each (a rotation may flush while a leader's sync is still
+/// running). So after a power cut, stale bytes can lie only in [`UNSYNCED_WINDOW_BYTES`]
 /// past the recovered end, and a repairing open reads no further for them: open time does not
 /// grow with a segment's zero-filled rest (FORMAT.md, "Segment header").
 pub const UNSYNCED_BYTES_MAX: u64 = 4 * 1024 * 1024;
 
 /// How far past the recovered end of data a repairing open looks for stale bytes in a segment
-/// whose header promises the bound: [`UNSYNCED_BYTES_MAX`] plus one write buffer, one frame
-/// of the format's largest size and a page.
+/// whose header promises the bound: [`UNSYNCED_BYTES_MAX`] plus two unchecked flushes (a
+/// leader's and a rotation's: each one write buffer and one frame of the format's largest
+/// size) and a page.
 pub const UNSYNCED_WINDOW_BYTES: u64 = UNSYNCED_BYTES_MAX
-    + WRITE_BUFFER_BYTES as u64
-    + FRAME_HEADER_BYTES
-    + RECORD_PAYLOAD_BYTES_MAX_FORMAT as u64
+    + 2 * (WRITE_BUFFER_BYTES as u64 + FRAME_HEADER_BYTES + RECORD_PAYLOAD_BYTES_MAX_FORMAT as u64)
     + PAGE_BYTES;
 
 /// Most cursors one log holds: 16. Each is a 1 KiB file and each costs a sync when it moves.

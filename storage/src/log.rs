@@ -350,14 +350,20 @@ impl Log {
         if self.shared.read_only {
             return Err(Error::ReadOnly);
         }
-        // At most two rounds: a sync in between makes room under the unsynced bound.
-        for _ in 0..2 {
+        // A sync in between makes room under the unsynced bound; other appenders would have
+        // to write 4 MiB between it and the next attempt to take that room again.
+        for _ in 0..APPEND_ATTEMPTS_MAX {
             if let Some(seq) = self.try_append(&mut event)? {
                 return Ok(seq);
             }
             self.sync()?;
         }
-        unreachable!("a sync always makes room under the unsynced bound")
+        Err(Error::Io {
+            context: "appending".into(),
+            source: std::io::Error::other(format!(
+                "{APPEND_ATTEMPTS_MAX} syncs in a row did not make room under the unsynced bound"
+            )),
+        })
     }
 
     /// One attempt at [`Log::append`]: `None` when writing the buffered frames out first would
@@ -837,8 +843,12 @@ impl Log {
 
 /// Whether writing the buffered frames to `active` now would put bytes more than
 /// [`UNSYNCED_BYTES_MAX`] past its end at the last completed sync (then the writer syncs
-/// first). Leader and rotation flushes skip the check: a sync follows them at once, and the
-/// window a repairing open reads allows for them (`UNSYNCED_WINDOW_BYTES`).
+/// first). Leader and rotation flushes skip the check: a sync follows each at once, at most
+/// one of each can be outstanding on a segment, and the window a repairing open reads allows
+/// for both (`UNSYNCED_WINDOW_BYTES`).
+/// Attempts of one append, each after a sync, before it gives up (see [`Log::append`]).
+const APPEND_ATTEMPTS_MAX: usize = 64;
+
 fn over_unsynced_bound(writer: &Writer, active: &Segment) -> bool {
     let written_end = writer.pending_offset + writer.pending.len() as u64;
     !writer.pending.is_empty()

@@ -213,8 +213,8 @@ struct Run<'a> {
     cut_files: Vec<String>,
     /// The value the floor file holds (0: none).
     floor_persisted: u64,
-    /// The last segment's proof of durability (cursor or tail-page copy): seqs up to it are
-    /// durable in the log itself and need no floor file.
+    /// The last segment's proof of durability (cursor or tail-page copy): frames up to it
+    /// are in a copy or synced pages, and a torn repair write cannot lose their seqs.
     tail_proof: u64,
 }
 
@@ -789,8 +789,9 @@ fn restore_tail_pages(run: &mut Run<'_>, segment: &mut Segment, trailer: &Traile
         if run.repair {
             // The rest of the page may hold frames no sync covered: a torn rewrite can garble
             // them, so their seqs go into the durable floor first.
-            let after = frames_after_prefix(segment, slot);
-            persist_floor(run, after.highest.unwrap_or(0))?;
+            if let Some(highest) = frames_after_prefix(segment, slot).highest {
+                persist_floor(run, highest)?;
+            }
             segment
                 .file
                 .write_at(slot.page_offset, &slot.bytes)
@@ -847,23 +848,27 @@ fn read_floor(run: &mut Run<'_>, exists: bool) -> Result<()> {
     Ok(())
 }
 
-/// A repair write to the last segment may tear its page and garble frames no sync covered,
-/// whose seqs were handed out. So before such a write, the floor (every seq this open has
-/// seen, and `seen`) is made durable in the floor file: a crash during the repair can then
-/// never make the next open hand those seqs out again. Written only when it rises past both
-/// the file's value and the proof (seqs up to the proof are durable in the log itself).
+/// A repair write to the last segment may tear its page and garble frames whose seqs no
+/// other durable record holds (frames no copy covers, a proof the rewrite of the slots
+/// replaces). So before such a write, the callers having found such seqs, the floor (every
+/// seq this open has seen, and `seen`) is made durable in the floor file: a crash during the
+/// repair can then never make the next open hand those seqs out again. Written only when it
+/// rises. A floor file that cannot be written (a full file system) is a warning, not a failed
+/// open: the repair goes on with only the guarantees it had without the file.
 fn persist_floor(run: &mut Run<'_>, seen: u64) -> Result<()> {
     let floor = run.seq_floor.max(seen);
     run.seq_floor = floor;
-    if !run.repair || floor <= run.floor_persisted.max(run.tail_proof) {
+    if !run.repair || floor <= run.floor_persisted {
         return Ok(());
     }
     let mut head = encode_slot(0, floor).to_vec();
     head.extend_from_slice(&encode_slot(1, floor));
-    run.medium
-        .create(FLOOR_FILE, CURSOR_FILE_BYTES, &head)
-        .context(|| run.at(&format!("writing {FLOOR_FILE}")))?;
-    run.floor_persisted = floor;
+    match run.medium.create(FLOOR_FILE, CURSOR_FILE_BYTES, &head) {
+        Ok(_) => run.floor_persisted = floor,
+        Err(e) => run.report.warnings.push(format!(
+            "could not write {FLOOR_FILE} ({e}): a power cut during this repair could let seqs through {floor} be handed out again"
+        )),
+    }
     Ok(())
 }
 
@@ -922,7 +927,8 @@ fn scan_frames(
                 stale_end(
                     segment,
                     offset,
-                    repair && (proof == u64::MAX || expected > proof),
+                    // Only the last segment can hold unsynced bytes; others are read whole.
+                    repair && proof != u64::MAX && expected > proof,
                 ),
             ) {
                 None => return (None, holes),
@@ -1035,7 +1041,8 @@ fn classify(
 
 fn cut_tail(run: &mut Run<'_>, segment: &mut Segment, stop: Stop) -> Result<()> {
     let file = &*segment.file;
-    // A stop above the proof lies at or past the end of the last completed sync.
+    // A stop above the proof lies at or past the end of the last completed sync, as long as
+    // that sync's frames are intact (the medium model: a completed sync is not torn later).
     let nonzero_end = last_nonzero_end(
         file,
         stop.offset,
@@ -1052,7 +1059,11 @@ fn cut_tail(run: &mut Run<'_>, segment: &mut Segment, stop: Stop) -> Result<()> 
     let dirty_end = nonzero_end.max(frames.end);
     let mut kept_in = None;
     if run.repair && dirty_end > stop.offset {
-        persist_floor(run, segment.last_seq().max(highest_seq.unwrap_or(0)))?;
+        // The zeroing shares a page with the frames before the stop: those past the proof
+        // may be in no copy.
+        if segment.last_seq() > run.tail_proof {
+            persist_floor(run, segment.last_seq().max(highest_seq.unwrap_or(0)))?;
+        }
         kept_in = Some(keep_cut_bytes(run, segment, stop.offset, dirty_end)?);
         // The tail-page copies still cover the prefix while the zeros are synced; phase 8
         // then replaces both copies before any append can reuse the cut bytes' place.
@@ -1133,7 +1144,12 @@ fn redirty(run: &mut Run<'_>, segment: &Segment, proof: u64) -> Result<()> {
     if !run.repair {
         return Ok(());
     }
-    persist_floor(run, segment.last_seq())?;
+    // Refreshing the slots replaces their proofs and copies: when the floor rests on them (a
+    // proof past the last readable frame, copies of frames past it), it goes into the floor
+    // file first. Pages rewritten below are each copied into a slot before their rewrite.
+    if run.seq_floor > segment.last_seq() {
+        persist_floor(run, 0)?;
+    }
     let from = if proof < segment.first_seq {
         segment.data_start
     } else if proof >= segment.last_seq() {
@@ -1322,5 +1338,6 @@ pub(crate) fn is_log_file(name: &str) -> bool {
     name.ends_with(SEGMENT_SUFFIX)
         || name.ends_with(QUARANTINE_SUFFIX)
         || name.ends_with(CURSOR_SUFFIX)
+        || name == FLOOR_FILE
         || name == crate::log::LOCK_FILE_NAME
 }

@@ -162,9 +162,22 @@ pub(crate) fn resync(
     to: u64,
     seqs: RangeInclusive<u64>,
 ) -> Option<Found> {
+    resync_starting_before(window, from, to, to, seqs)
+}
+
+/// [`resync`] for frames that start before `starts_before` and end within `to`: the search
+/// for a start stops at `starts_before`, so the bytes past it are never read for candidates.
+fn resync_starting_before(
+    window: &mut Window<'_>,
+    from: u64,
+    starts_before: u64,
+    to: u64,
+    seqs: RangeInclusive<u64>,
+) -> Option<Found> {
     let mut offset = from.next_multiple_of(FRAME_ALIGN_BYTES);
     loop {
-        let (at, payload_bytes, crc, seq) = next_candidate(window, offset, to, &seqs)?;
+        let (at, payload_bytes, crc, seq) =
+            next_candidate(window, offset, starts_before.min(to), to, &seqs)?;
         let valid = window
             .bytes(at + FRAME_HEADER_BYTES, payload_bytes as usize)
             .is_ok_and(|p| frame_crc(payload_bytes, seq, p) == crc);
@@ -180,43 +193,45 @@ pub(crate) fn resync(
     }
 }
 
-/// The next 8-byte boundary at or after `offset` (aligned) in `..to` whose header is
-/// plausible with a seq in `seqs`: (offset, payload bytes, crc, seq). Scans a window-sized
-/// slice at a time, skipping zero length fields at once: this runs over every byte of every
-/// region recovery resyncs in (zeros, garbage, quarantined files).
+/// A candidate frame start: (offset, payload bytes, crc, seq).
+type Candidate = (u64, u32, u32, u64);
+
+/// The next 8-byte boundary in `offset..starts_before` (offset aligned) whose header is
+/// plausible below `to` with a seq in `seqs`. Scans a slice at a time (64 KiB through `pread`,
+/// a page through the map), skipping zero length fields at once: this runs over every byte of
+/// every region recovery resyncs in (zeros, garbage, quarantined files).
 fn next_candidate(
     window: &mut Window<'_>,
     mut offset: u64,
+    starts_before: u64,
     to: u64,
     seqs: &RangeInclusive<u64>,
-) -> Option<(u64, u32, u32, u64)> {
+) -> Option<Candidate> {
     const HEADER: usize = FRAME_HEADER_BYTES as usize;
-    while offset + FRAME_HEADER_BYTES <= to {
-        let span = ((to - offset) as usize).min(WINDOW_BYTES);
+    let slice_max = if window.uncached {
+        WINDOW_BYTES
+    } else {
+        PAGE_BYTES as usize
+    };
+    while offset < starts_before && offset + FRAME_HEADER_BYTES <= to {
+        let span = ((to - offset) as usize).min(slice_max);
         let Ok(chunk) = window.bytes(offset, span) else {
-            // A bad sector in the slice: one header at a time, skipping what cannot be read.
-            offset = match window.bytes(offset, HEADER) {
-                Ok(h) => {
-                    let mut header = [0u8; HEADER];
-                    header.copy_from_slice(h);
-                    if let Some((p, c, seq)) = plausible(&header, offset, to) {
-                        if seqs.contains(&seq) {
-                            return Some((offset, p, c, seq));
-                        }
-                    }
-                    offset + FRAME_ALIGN_BYTES
-                }
-                Err(_) => (offset + 1).next_multiple_of(PAGE_BYTES),
-            };
+            match candidate_in_bad_page(window, offset, starts_before, to, seqs) {
+                Ok(found) => return Some(found),
+                Err(next) => offset = next,
+            }
             continue;
         };
         let last = (span - HEADER) / FRAME_ALIGN_BYTES as usize * FRAME_ALIGN_BYTES as usize;
         for i in (0..=last).step_by(FRAME_ALIGN_BYTES as usize) {
+            let at = offset + i as u64;
+            if at >= starts_before {
+                return None;
+            }
             let header = &chunk[i..i + HEADER];
             if header[0..4] == [0; 4] {
                 continue;
             }
-            let at = offset + i as u64;
             if let Some((p, c, seq)) = plausible(header, at, to) {
                 if seqs.contains(&seq) {
                     return Some((at, p, c, seq));
@@ -226,6 +241,32 @@ fn next_candidate(
         offset += (last + FRAME_ALIGN_BYTES as usize) as u64;
     }
     None
+}
+
+/// A slice around `offset` could not be read (a bad sector): the rest of its page, one header
+/// at a time. `Err(next)`: nothing here; go on at the next page.
+fn candidate_in_bad_page(
+    window: &mut Window<'_>,
+    mut offset: u64,
+    starts_before: u64,
+    to: u64,
+    seqs: &RangeInclusive<u64>,
+) -> Result<Candidate, u64> {
+    let page_end = (offset + 1).next_multiple_of(PAGE_BYTES);
+    while offset < page_end.min(starts_before) && offset + FRAME_HEADER_BYTES <= to {
+        let mut header = [0u8; FRAME_HEADER_BYTES as usize];
+        match window.bytes(offset, header.len()) {
+            Ok(h) => header.copy_from_slice(h),
+            Err(_) => return Err(page_end),
+        }
+        if let Some((p, c, seq)) = plausible(&header, offset, to) {
+            if seqs.contains(&seq) {
+                return Ok((offset, p, c, seq));
+            }
+        }
+        offset += FRAME_ALIGN_BYTES;
+    }
+    Err(page_end)
 }
 
 /// CRC-valid frames (any seq) that start in `from..to` and end within `data_end`: what a tail
@@ -243,10 +284,7 @@ pub(crate) fn valid_frames_in(
         end: from,
     };
     let mut offset = from;
-    while let Some(found) = resync(window, offset, data_end, 1..=u64::MAX) {
-        if found.offset >= to {
-            break;
-        }
+    while let Some(found) = resync_starting_before(window, offset, to, data_end, 1..=u64::MAX) {
         found_in.count += 1;
         found_in.highest = Some(found_in.highest.map_or(found.seq, |h| h.max(found.seq)));
         found_in.end = found.next_offset;

@@ -1313,12 +1313,12 @@ fn leftover_temp_files_are_reported_and_removed() {
     let mut removed = report.removed_temp_files.clone();
     removed.sort();
     assert_eq!(removed, [segment_tmp, cursor_tmp]);
-    // The events were never synced: the repair that follows records their seqs in the floor
-    // file before it rewrites their page.
+    // No floor file: every page the repair rewrites is copied into a slot first.
     assert_eq!(
         names(dir),
-        ["00000000000000000001.seg", "LOCK", FLOOR_FILE].map(String::from)
+        ["00000000000000000001.seg", "LOCK"].map(String::from)
     );
+    assert!(!dir.join(FLOOR_FILE).exists());
     assert_eq!(log.append(event(11, PAYLOAD_BYTES)).unwrap(), 11);
     drop(log);
     let (report, _) = verify(dir, tiny_options());

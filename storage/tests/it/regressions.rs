@@ -739,9 +739,21 @@ fn big_options() -> LogOptions {
 // after a power cut every seq that reached the medium is still past the next one handed out.
 #[test]
 fn appends_without_a_sync_never_run_more_than_the_unsynced_bound_ahead() {
+    for seed in 0..6 {
+        unsynced_bound_holds_across_a_power_cut(seed);
+    }
+}
+
+/// 10 MiB appended with no sync into 8 MiB segments (larger than the unsynced window, so a
+/// rotation happens too), then a power cut resolved by `seed`.
+fn unsynced_bound_holds_across_a_power_cut(seed: u64) {
     use edgecap_storage::limits::UNSYNCED_BYTES_MAX;
+    let options = LogOptions {
+        segment_bytes: 8 * 1024 * 1024,
+        ..big_options()
+    };
     let medium = SimMedium::new();
-    let (log, _) = Log::open_with_medium(Arc::new(medium.clone()), big_options()).unwrap();
+    let (log, _) = Log::open_with_medium(Arc::new(medium.clone()), options.clone()).unwrap();
     let text = "x".repeat(200);
     let mut appended = 0u64;
     let mut bytes = 0u64;
@@ -757,13 +769,17 @@ fn appends_without_a_sync_never_run_more_than_the_unsynced_bound_ahead() {
         "{unsynced_bytes} bytes unsynced"
     );
     drop(log);
-    medium.crash(7);
+    medium.crash(seed);
     let on_medium = highest_seq_on_medium(&medium);
-    let (log, report) = Log::open_with_medium(Arc::new(medium.clone()), big_options()).unwrap();
-    assert!(report.last_seq.unwrap_or(0) >= durable, "{report:?}");
-    assert!(log.appended_seq() >= on_medium, "{report:?}");
-    let (_, check) = Log::open_read_only_with_medium(Arc::new(medium), big_options()).unwrap();
-    assert!(check.is_clean(), "{:?}", check.problems());
+    let (log, report) = Log::open_with_medium(Arc::new(medium.clone()), options.clone()).unwrap();
+    assert!(
+        report.last_seq.unwrap_or(0) >= durable,
+        "seed {seed}: {report:?}"
+    );
+    assert!(log.appended_seq() >= on_medium, "seed {seed}: {report:?}");
+    drop(log);
+    let (_, check) = Log::open_read_only_with_medium(Arc::new(medium), options).unwrap();
+    assert!(check.is_clean(), "seed {seed}: {:?}", check.problems());
 }
 
 // The same finding, the other half: a repairing open looks for stale bytes only within the
