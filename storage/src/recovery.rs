@@ -435,7 +435,7 @@ fn scan_segments(
         let is_tail = next_first.is_none();
         let trailer = segment_trailer(&segment);
         // Seqs in its copies were handed out, even where the copy itself did not survive.
-        run.seq_floor = run.seq_floor.max(trailer.highest_seq.unwrap_or(0));
+        run.seq_floor = run.seq_floor.max(trailer.highest_seq().unwrap_or(0));
         if let Some(seal) = trusted_seal(run, &segment, &trailer) {
             segment.trust_seal(seal.last_seq, seal.end_offset);
             segment.file.forbid_map();

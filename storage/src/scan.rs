@@ -232,15 +232,19 @@ fn next_candidate(
             if header[0..4] == [0; 4] {
                 continue;
             }
-            if let Some((p, c, seq)) = plausible(header, at, to) {
-                if seqs.contains(&seq) {
-                    return Some((at, p, c, seq));
-                }
+            if let Some(found) = candidate_at(header, at, to, seqs) {
+                return Some(found);
             }
         }
         offset += (last + FRAME_ALIGN_BYTES as usize) as u64;
     }
     None
+}
+
+/// The header at `at`, if it is plausible below `to` with a seq in `seqs`.
+fn candidate_at(header: &[u8], at: u64, to: u64, seqs: &RangeInclusive<u64>) -> Option<Candidate> {
+    let (payload_bytes, crc, seq) = plausible(header, at, to)?;
+    seqs.contains(&seq).then_some((at, payload_bytes, crc, seq))
 }
 
 /// A slice around `offset` could not be read (a bad sector): the rest of its page, one header
@@ -259,10 +263,8 @@ fn candidate_in_bad_page(
             Ok(h) => header.copy_from_slice(h),
             Err(_) => return Err(page_end),
         }
-        if let Some((p, c, seq)) = plausible(&header, offset, to) {
-            if seqs.contains(&seq) {
-                return Ok((offset, p, c, seq));
-            }
+        if let Some(found) = candidate_at(&header, offset, to, seqs) {
+            return Ok(found);
         }
         offset += FRAME_ALIGN_BYTES;
     }

@@ -153,11 +153,17 @@ pub(crate) struct Trailer {
     pub slots: Vec<TailSlot>,
     /// The seal, when it is the newest record of the trailer and could describe the segment.
     pub seal: Option<Seal>,
-    /// Highest seq of any CRC-valid frame in either slot's copy area, **valid slot or not**:
-    /// a copy torn by a crash may still hold whole frames, and their seqs were handed out.
-    pub highest_seq: Option<u64>,
-    /// The same per slot (slot 0, slot 1).
+    /// Highest seq of any CRC-valid frame in each slot's copy area (slot 0, slot 1), **valid
+    /// slot or not**: a copy torn by a crash may still hold whole frames, and their seqs were
+    /// handed out.
     pub slot_highest: [Option<u64>; 2],
+}
+
+impl Trailer {
+    /// Highest seq of any CRC-valid frame in either copy area.
+    pub fn highest_seq(&self) -> Option<u64> {
+        self.slot_highest.into_iter().flatten().max()
+    }
 }
 
 /// File offset of the copied bytes of `slot` (0 or 1), right after its header.
@@ -191,7 +197,6 @@ pub(crate) fn read_trailer(
     Trailer {
         slots,
         seal,
-        highest_seq: slot_highest.into_iter().flatten().max(),
         slot_highest,
     }
 }
